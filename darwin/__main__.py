@@ -1,0 +1,3 @@
+from darwin.cli import main
+
+main()

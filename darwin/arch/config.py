@@ -1,0 +1,67 @@
+"""Derive a child's ``config.json`` from a parent's: dtype, tying, and layer slicing.
+
+When a frankenmerge changes the layer count, every per-layer setting must follow: the layer-count
+key itself, lists with one entry per layer (``layer_types``, ``block_types``, …), and lists of
+layer indices (Bamba's ``attn_layer_indices``, Jamba-style ``*_layer_indices``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from darwin.arch.mapper import LAYER_COUNT_KEYS
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+                torch.float64: "float64"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The config.json spelling of a floating dtype (``torch.bfloat16`` → ``"bfloat16"``)."""
+    return _DTYPE_NAMES[dtype]
+
+
+def slice_config(config: dict[str, Any], layer_sources: list[int]) -> dict[str, Any]:
+    """Rewrite per-layer settings for a child whose layer ``j`` comes from parent layer ``layer_sources[j]``.
+
+    Args:
+        config: the parent config dict (not modified).
+        layer_sources: for each child layer, the index of the parent layer it was built from.
+
+    Returns:
+        a new config dict with the layer count, per-layer lists and layer-index lists remapped.
+    """
+    cfg = copy.deepcopy(config)
+    target = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+    old = next((target[k] for k in LAYER_COUNT_KEYS if isinstance(target.get(k), int)), None)
+    for k in LAYER_COUNT_KEYS:
+        if isinstance(target.get(k), int):
+            target[k] = len(layer_sources)
+    if old is None:
+        return cfg
+    for key, value in list(target.items()):
+        if isinstance(value, list) and len(value) == old and key not in ("architectures",) \
+                and not key.endswith("_indices"):
+            target[key] = [value[i] for i in layer_sources]
+        elif isinstance(value, list) and key.endswith("_indices") and all(isinstance(v, int) for v in value):
+            chosen = set(value)
+            target[key] = [j for j, i in enumerate(layer_sources) if i in chosen]
+        elif isinstance(value, str) and len(value) == old and key.endswith("_pattern"):
+            target[key] = "".join(value[i] for i in layer_sources)
+    return cfg
+
+
+def child_config(config: dict[str, Any], *, dtype: torch.dtype, tied: bool,
+                 layer_sources: list[int] | None = None) -> dict[str, Any]:
+    """A child config: the parent's, with dtype, tying and (optionally) sliced layers.
+
+    Quantisation settings are removed (a merged child is plain floating point).
+    """
+    cfg = slice_config(config, layer_sources) if layer_sources is not None else copy.deepcopy(config)
+    cfg.pop("quantization_config", None)
+    cfg["torch_dtype"] = dtype_name(dtype)
+    cfg["dtype"] = dtype_name(dtype)
+    cfg["tie_word_embeddings"] = tied
+    return cfg

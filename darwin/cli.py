@@ -1,0 +1,117 @@
+"""Command-line interface: ``darwin merge``, ``darwin demo-models``.
+
+Errors on bad input print one line naming the file, tensor or key and exit with status 2
+(1 for unexpected failures). Nothing is left behind in the output location on failure.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from darwin.errors import CompatibilityError, DarwinError
+from darwin.plan.plan import MergePlan
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="darwin: breed language models from existing checkpoints without training.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def print_report(plan: MergePlan, *, verbose: bool = False) -> None:
+    """Print the pre-flight checks and the per-tensor action report (summary unless verbose)."""
+    legend = "  ".join(f"[bold]{l}[/]={m}" for m, l in plan.labels.items())
+    out.print(f"parents: {legend}", highlight=False)
+    checks = Table(title="pre-flight checks", show_edge=False)
+    for col in ("check", "ok", "values"):
+        checks.add_column(col)
+    for name, ok, detail in plan.checks:
+        checks.add_row(name, "[green]yes[/]" if ok else "[red]NO[/]", detail)
+    out.print(checks)
+    counts = Counter(r.action for r in plan.report)
+    summary = Table(title="actions", show_edge=False)
+    summary.add_column("action")
+    summary.add_column("tensors", justify="right")
+    for action, n in sorted(counts.items()):
+        summary.add_row(action, str(n))
+    out.print(summary)
+    rows = plan.report if verbose else [r for r in plan.report if r.action != "blend"][:200]
+    if rows:
+        t = Table(title="per-tensor actions" + ("" if verbose else " (non-blend; --verbose for all)"),
+                  show_edge=False)
+        for col in ("tensor", "action", "detail"):
+            t.add_column(col)
+        for r in rows:
+            style = "red" if r.action.startswith(("only", "shape")) else ""
+            t.add_row(r.tensor, f"[{style}]{r.action}[/]" if style else r.action, r.detail)
+        out.print(t)
+
+
+@app.command()
+def merge(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (mergekit format)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Child folder to write."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the action report; write nothing."),
+    device: str = typer.Option("auto", help="Kernel device: auto, cpu, cuda, cuda:1 …"),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Shard size limit, e.g. 500MB."),
+    seed: Optional[int] = typer.Option(None, help="Seed of DARE/DELLA masks (overrides the recipe's)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="List every tensor in the report."),
+) -> None:
+    """Merge parents as RECIPE says (mergekit YAML) and write the child to OUTPUT."""
+    from darwin.plan.run import merge as run_merge
+
+    if output is None and not dry_run:
+        _fail(DarwinError("give -o/--output (or --dry-run)"))
+    try:
+        res = run_merge(recipe, output, force=force, device=device, max_shard_size=max_shard_size,
+                        seed=seed, dry_run=dry_run, progress=sys.stderr.isatty())
+    except CompatibilityError as e:
+        if getattr(e, "plan", None) is not None:
+            print_report(e.plan, verbose=verbose)
+        _fail(e)
+    except DarwinError as e:
+        _fail(e)
+    if dry_run:
+        print_report(res.plan, verbose=verbose)
+        out.print(f"child: {len(res.plan.tasks)} tensors, {_gib(res.plan.output_bytes)} as "
+                  f"{str(res.plan.out_dtype).removeprefix('torch.')}; estimated peak working memory "
+                  f"{_gib(res.peak_estimate_bytes)} (largest batch + one shard)", highlight=False)
+        return
+    n = sum(1 for r in res.plan.report if r.action == "transplant")
+    out.print(f"wrote {res.out_dir} ({len(res.plan.tasks)} tensors, {n} transplanted, "
+              f"{_gib(res.plan.output_bytes)})", highlight=False)
+
+
+@app.command("demo-models")
+def demo_models(
+    directory: Path = typer.Argument(..., help="Folder to create the tiny models in."),
+    seed: int = typer.Option(0, help="Weight seed."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if present."),
+) -> None:
+    """Build a tiny base model, two parents and example recipes (random weights, seconds, no network)."""
+    from darwin.demo import build_demo_models
+
+    paths = build_demo_models(directory, seed=seed, force=force)
+    for name, p in paths.items():
+        out.print(f"{name:26s} {p}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover
+    """Entry point for ``python -m darwin``."""
+    app()

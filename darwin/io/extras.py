@@ -1,0 +1,35 @@
+"""Non-weight files a child inherits: tokenizer, generation config, chat template."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+                   "chat_template.json", "vocab.txt")
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    """Copy the tokenizer and chat-template files present in ``src`` to ``dst``; returns their names."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def copy_generation_config(src: Path, dst: Path) -> bool:
+    """Copy ``generation_config.json`` if ``src`` has one."""
+    if (src / "generation_config.json").is_file():
+        shutil.copy2(src / "generation_config.json", dst / "generation_config.json")
+        return True
+    return False
+
+
+def write_chat_template(dst: Path, template: str) -> Path:
+    """Write a chat template (Jinja text) as ``chat_template.jinja``, the transformers convention."""
+    path = dst / "chat_template.jinja"
+    path.write_text(template)
+    return path

@@ -1,0 +1,172 @@
+"""The merge-method registry: each method's parameters (declared once) and its batched kernel.
+
+A method declares its parameters with scope ``shared`` (one value per tensor) or ``parent`` (one
+value per non-base parent and tensor), type and default; recipe validation, the dry-run report and
+the docs all read these declarations. Parameter names and defaults follow mergekit so that its
+recipes run unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from darwin.merge.linear import linear, passthrough
+from darwin.merge.model_stock import model_stock
+from darwin.merge.slerp import nuslerp, slerp
+from darwin.merge.task_arithmetic import FAMILY, task_vector_merge
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter.
+
+    Attributes:
+        name: key in the recipe's ``parameters``.
+        scope: ``"shared"`` (per tensor) or ``"parent"`` (per tensor and non-base parent).
+        kind: ``float``, ``bool`` or ``str``.
+        default: value when the recipe gives none; ``None`` with ``required`` means it must be set.
+        required: the recipe must set it.
+        doc: one-line meaning.
+    """
+
+    name: str
+    scope: str
+    kind: type
+    default: Any = None
+    required: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A merge method: parameters, input contract and kernel.
+
+    Attributes:
+        name: recipe ``merge_method`` value.
+        params: declared parameters.
+        base: ``"required"``, ``"optional"`` or ``"unused"``.
+        min_parents, max_parents: bounds on the number of non-base parents.
+        paper: citation for the docs.
+    """
+
+    name: str
+    params: tuple[Param, ...]
+    base: str
+    min_parents: int = 1
+    max_parents: int | None = None
+    paper: str = ""
+    kernel: Callable[..., torch.Tensor] = field(default=lambda *a, **k: None, repr=False, compare=False)
+
+    def param(self, name: str) -> Param | None:
+        """The declared parameter called ``name``, if any."""
+        return next((p for p in self.params if p.name == name), None)
+
+
+_WEIGHT = Param("weight", "parent", float, required=True, doc="per-parent weight wᵢ")
+_DENSITY = Param("density", "parent", float, 1.0, doc="fraction of task-vector elements kept ρᵢ")
+_LAMBDA = Param("lambda", "shared", float, 1.0, doc="scale λ of the merged task vector")
+_INT8 = Param("int8_mask", "shared", bool, False, doc="accepted for mergekit compatibility; no effect")
+
+
+def _rescale_param(default: bool) -> Param:
+    return Param("rescale", "shared", str, "l1" if default else "none",
+                 doc="after random drop: l1 (mergekit, true), paper (1/p), none (false)")
+
+
+def _family_params(method: str) -> tuple[Param, ...]:
+    cfg = FAMILY[method]
+    normalize_default = method in ("ties", "della")
+    ps = [_WEIGHT, _LAMBDA, _INT8, Param("normalize", "shared", bool, normalize_default,
+                                         doc="divide by the (elected) sum of weights")]
+    if cfg.sparsify is not None:
+        ps.append(_DENSITY)
+        ps.append(_rescale_param(cfg.sparsify in ("random", "della")))
+    if cfg.sparsify == "band":
+        ps.append(Param("gamma", "parent", float, 0.01, doc="fraction of largest magnitudes dropped"))
+    if cfg.sparsify == "della":
+        ps.append(Param("epsilon", "parent", float, 0.15, doc="spread of keep probabilities ε"))
+    return tuple(ps)
+
+
+def normalize_rescale(value: Any) -> str | None:
+    """Map a recipe ``rescale`` value (bool or ``l1``/``paper``/``none``) to the kernel's convention."""
+    if value is True or value == "true":
+        return "l1"
+    if value is False or value in (None, "none", "false"):
+        return None
+    if value in ("l1", "paper"):
+        return value
+    raise ValueError(f"rescale must be true, false, 'l1', 'paper' or 'none', got {value!r}")
+
+
+def _run_family(method: str):
+    def kernel(x, base, shared, parent, seeds):
+        return task_vector_merge(
+            x, base, method, weight=parent["weight"], density=parent.get("density"),
+            lam=shared["lambda"], normalize=bool(shared["normalize"]),
+            rescale=normalize_rescale(shared.get("rescale", False)), gamma=parent.get("gamma"),
+            epsilon=parent.get("epsilon"), seeds=seeds)
+    return kernel
+
+
+_PAPERS = {
+    "task_arithmetic": "Task Arithmetic, arXiv 2212.04089",
+    "ties": "TIES-Merging, arXiv 2306.01708",
+    "dare_linear": "DARE, arXiv 2311.03099",
+    "dare_ties": "DARE, arXiv 2311.03099 + TIES",
+    "breadcrumbs": "Model Breadcrumbs, arXiv 2312.06795",
+    "breadcrumbs_ties": "Model Breadcrumbs, arXiv 2312.06795 + TIES",
+    "della": "DELLA-Merging, arXiv 2406.11617",
+    "della_linear": "DELLA-Merging, arXiv 2406.11617",
+}
+
+METHODS: dict[str, MethodSpec] = {
+    "linear": MethodSpec(
+        "linear", (_WEIGHT, Param("normalize", "shared", bool, True, doc="divide by Σ wᵢ")),
+        base="unused", paper="Model soups, arXiv 2203.05482",
+        kernel=lambda x, base, shared, parent, seeds: linear(x, parent["weight"], bool(shared["normalize"]))),
+    "slerp": MethodSpec(
+        "slerp", (Param("t", "shared", float, required=True, doc="fraction taken from the non-base parent"),),
+        base="required", min_parents=1, max_parents=1, paper="Shoemake 1985",
+        kernel=lambda x, base, shared, parent, seeds: slerp(torch.stack([base, x[:, 0]], 1), shared["t"])),
+    "nuslerp": MethodSpec(
+        "nuslerp", (_WEIGHT, Param("nuslerp_flatten", "shared", bool, True, doc="one vector per tensor"),
+                    Param("nuslerp_row_wise", "shared", bool, False, doc="rows instead of columns")),
+        base="optional", min_parents=2, max_parents=2, paper="Shoemake 1985; mergekit nuslerp",
+        kernel=lambda x, base, shared, parent, seeds: nuslerp(
+            x, parent["weight"], base, bool(shared["nuslerp_flatten"]), bool(shared["nuslerp_row_wise"]))),
+    "model_stock": MethodSpec(
+        "model_stock", (Param("filter_wise", "shared", bool, False, doc="not supported; must be false"),),
+        base="required", min_parents=2, paper="Model Stock, arXiv 2403.19522",
+        kernel=lambda x, base, shared, parent, seeds: model_stock(x, base)),
+    "passthrough": MethodSpec(
+        "passthrough", (Param("scale", "shared", float, 1.0, doc="multiply the copied tensor"),),
+        base="unused", min_parents=1, max_parents=1, paper="(copy; frankenmerges via slices)",
+        kernel=lambda x, base, shared, parent, seeds: passthrough(x, shared["scale"])),
+}
+for _m in FAMILY:
+    METHODS[_m] = MethodSpec(_m, _family_params(_m), base="required", paper=_PAPERS[_m],
+                             kernel=_run_family(_m))
+
+
+def get_method(name: str) -> MethodSpec:
+    """Look up a method by name.
+
+    Raises:
+        KeyError: with the list of known methods.
+    """
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown merge_method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+def run_kernel(spec: MethodSpec, x: torch.Tensor, base: torch.Tensor | None,
+               shared: dict[str, torch.Tensor | Any], parent: dict[str, torch.Tensor],
+               seeds: Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """Run ``spec``'s kernel on a batch (shapes as in the kernels: x ``[B, N, *S]``)."""
+    return spec.kernel(x, base, shared, parent, seeds)

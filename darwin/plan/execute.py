@@ -1,0 +1,109 @@
+"""Execute a merge plan: the batched hot path.
+
+Tasks of equal method, shape, input count and static parameters are stacked into one
+``[B, N, *S]`` float32 batch (B tensors, N parents) and merged by one kernel call with per-tensor
+coefficient vectors, on CUDA when available. The batch size is bounded by a byte budget, so memory
+stays flat whatever the model size. Results are cast to the output dtype and yielded one tensor
+at a time, in plan order within each batch, to a writer or into a resident model.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from darwin.io.checkpoint import Checkpoint
+from darwin.merge.methods import get_method, run_kernel
+from darwin.plan.plan import MergePlan, TensorTask
+
+DEFAULT_BATCH_BYTES = 1 << 30
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None → CUDA when available, else CPU; other values pass to ``torch.device``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _static_key(task: TensorTask) -> tuple:
+    static = tuple(sorted((k, v) for k, v in task.shared.items() if not isinstance(v, float)))
+    return (task.method, task.shape, len(task.inputs), task.base is not None, static)
+
+
+def batches(tasks: list[TensorTask], batch_bytes: int = DEFAULT_BATCH_BYTES) -> list[list[TensorTask]]:
+    """Group tasks that one kernel call can merge together, each group within ``batch_bytes``.
+
+    The working set of a batch is estimated as ``B·(N + 3)·numel·4`` bytes (inputs, base, result
+    and one temporary, float32).
+    """
+    groups: dict[tuple, list[TensorTask]] = defaultdict(list)
+    for t in tasks:
+        groups[_static_key(t)].append(t)
+    out = []
+    for group in groups.values():
+        per = (len(group[0].inputs) + 3) * group[0].numel * 4
+        cap = max(1, batch_bytes // max(per, 1))
+        out.extend(group[i:i + cap] for i in range(0, len(group), cap))
+    return out
+
+
+def peak_bytes_estimate(plan: MergePlan, batch_bytes: int = DEFAULT_BATCH_BYTES) -> int:
+    """Largest batch working set of the plan, in bytes (see :func:`batches`)."""
+    return max(((len(b[0].inputs) + 3) * b[0].numel * 4 * len(b) for b in batches(plan.tasks, batch_bytes)),
+               default=0)
+
+
+def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor],
+                device: torch.device) -> torch.Tensor:
+    """Merge one batch of compatible tasks.
+
+    Args:
+        batch: tasks sharing method, shape, input count and static parameters.
+        load: ``(model, tensor name) → tensor`` (any dtype, CPU).
+        device: where the kernel runs.
+
+    Returns:
+        ``[B, *S]`` float32 on ``device``.
+    """
+    spec = get_method(batch[0].method)
+    f32 = dict(dtype=torch.float32, device=device)
+    x = torch.stack([torch.stack([load(s.model, s.tensor).to(**f32) for s in t.inputs]) for t in batch])
+    base = torch.stack([load(t.base.model, t.base.tensor).to(**f32) for t in batch]) \
+        if batch[0].base is not None else None
+    shared: dict[str, Any] = {}
+    for k, v in batch[0].shared.items():
+        shared[k] = torch.tensor([t.shared[k] for t in batch], **f32) if isinstance(v, float) else v
+    parent = {k: torch.tensor([t.parent[k] for t in batch], **f32) for k in batch[0].parent}
+    seeds = [t.seeds for t in batch] if batch[0].seeds is not None else None
+    return run_kernel(spec, x, base, shared, parent, seeds)
+
+
+def execute(plan: MergePlan, checkpoints: dict[str, Checkpoint], *, device: str | torch.device | None = "auto",
+            batch_bytes: int = DEFAULT_BATCH_BYTES,
+            on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(child tensor name, tensor)`` for every task, in the plan's output dtype, on CPU.
+
+    Args:
+        plan: the merge plan.
+        checkpoints: model reference → opened checkpoint (every model the plan reads).
+        device: kernel device (``"auto"``: CUDA if available).
+        batch_bytes: working-set budget of one kernel call.
+        on_batch: called with the number of tensors after each batch (progress bars).
+    """
+    dev = resolve_device(device)
+
+    def load(model: str, name: str) -> torch.Tensor:
+        return checkpoints[model].get(name)
+
+    for batch in batches(plan.tasks, batch_bytes):
+        merged = merge_batch(batch, load, dev).to(plan.out_dtype)
+        if merged.device.type != "cpu":
+            merged = merged.cpu()
+        for task, tensor in zip(batch, merged):
+            yield task.out_name, tensor.clone()
+        if on_batch:
+            on_batch(len(batch))

@@ -1,0 +1,209 @@
+"""The merge recipe: mergekit's YAML format, validated strictly.
+
+Existing mergekit configs run unchanged: ``models`` or ``slices``, ``merge_method``,
+``base_model``, ``parameters`` (scalars, gradients, ``filter`` conditionals; global, per model,
+per slice and per slice source), ``dtype``, ``out_dtype``, ``tokenizer_source``, ``chat_template``.
+Every model is ``extra="forbid"``: a misspelt key is an error naming it.
+
+darwin extensions: ``seed`` (integer seeding DARE/DELLA masks, default 0).
+Not supported (clear error): ``modules``, ``tokenizer`` (vocabulary surgery),
+``tokenizer_source: union``, ``residual_weight``, LoRA references (``model+lora``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from darwin.errors import RecipeError
+
+Scalar = Union[bool, float, int, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Conditional(_Strict):
+    """A parameter value applying to tensors whose name contains ``filter`` (all when omitted)."""
+
+    filter: Optional[str] = None
+    value: "Setting"
+
+
+Setting = Union[Scalar, list[Scalar], list[Conditional], Conditional]
+Conditional.model_rebuild()
+Parameters = Optional[dict[str, Setting]]
+
+
+def _check_ref(ref: str) -> str:
+    if "+" in ref and not Path(ref).exists():
+        raise ValueError(f"LoRA model references ({ref!r}) are not supported")
+    return ref
+
+
+class InputModel(_Strict):
+    """An entry of ``models``: a parent and its parameters."""
+
+    model: str
+    parameters: Parameters = None
+
+    @model_validator(mode="after")
+    def _ref(self):
+        _check_ref(self.model)
+        return self
+
+
+class InputSlice(_Strict):
+    """A slice source: ``layer_range: [start, end)`` of one model."""
+
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Parameters = None
+
+    @model_validator(mode="after")
+    def _range(self):
+        _check_ref(self.model)
+        a, b = self.layer_range
+        if not 0 <= a < b:
+            raise ValueError(f"layer_range {list(self.layer_range)} of {self.model!r} must satisfy 0 <= start < end")
+        return self
+
+
+class OutputSlice(_Strict):
+    """An output slice: its sources are merged layer by layer."""
+
+    sources: list[InputSlice]
+    base_model: Optional[str] = None
+    parameters: Parameters = None
+    residual_weight: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.residual_weight is not None:
+            raise ValueError("residual_weight is not supported")
+        if not self.sources:
+            raise ValueError("a slice needs at least one source")
+        lens = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
+        if len(lens) > 1:
+            raise ValueError(f"all sources of a slice must span the same number of layers, got {sorted(lens)}")
+        return self
+
+
+class Recipe(_Strict):
+    """A merge recipe (mergekit-compatible YAML)."""
+
+    merge_method: str
+    models: Optional[list[InputModel]] = None
+    slices: Optional[list[OutputSlice]] = None
+    modules: Optional[dict[str, Any]] = None
+    base_model: Optional[str] = None
+    parameters: Parameters = None
+    dtype: Optional[str] = None
+    out_dtype: Optional[str] = None
+    tokenizer_source: Optional[str] = None
+    tokenizer: Optional[dict[str, Any]] = None
+    chat_template: Optional[str] = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.modules is not None:
+            raise ValueError("'modules' (multi-module merges) is not supported; use 'models' or 'slices'")
+        if self.tokenizer is not None:
+            raise ValueError("'tokenizer' (vocabulary surgery) is not supported; use tokenizer_source")
+        if self.tokenizer_source == "union":
+            raise ValueError("tokenizer_source: union is not supported; name a parent or 'base'")
+        if (self.models is None) == (self.slices is None):
+            raise ValueError("give exactly one of 'models' or 'slices'")
+        if self.base_model is not None:
+            _check_ref(self.base_model)
+        return self
+
+    def referenced_models(self) -> list[str]:
+        """Every model the recipe names, base first, without duplicates, in order of mention."""
+        refs = [self.base_model] if self.base_model else []
+        for m in self.models or []:
+            refs.append(m.model)
+        for s in self.slices or []:
+            refs.extend(src.model for src in s.sources)
+            if s.base_model:
+                refs.append(s.base_model)
+        return list(dict.fromkeys(refs))
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "union[", "list[")))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {e['loc'][-1]!r}" + (f" at {loc.rsplit('.', 1)[0]}" if "." in loc else ""))
+        else:
+            lines.append(f"{loc or 'recipe'}: {e['msg']}")
+    uniq = list(dict.fromkeys(lines))
+    return f"{source}: invalid recipe: " + "; ".join(uniq[:5])
+
+
+def load_recipe(recipe: "Recipe | dict[str, Any] | str | os.PathLike") -> Recipe:
+    """Load and validate a recipe from a YAML path, a YAML string, a dict or a Recipe.
+
+    Relative model paths in a YAML file are resolved against the file's folder when they exist
+    there.
+
+    Raises:
+        RecipeError: unreadable file, invalid YAML, unknown key or bad value (the message names
+            the file and the key).
+    """
+    if isinstance(recipe, Recipe):
+        return recipe
+    source = "recipe"
+    base_dir: Path | None = None
+    if isinstance(recipe, (str, os.PathLike)) and (isinstance(recipe, os.PathLike) or "\n" not in recipe):
+        path = Path(recipe)
+        if not path.exists():
+            raise RecipeError(f"{path}: no such recipe file")
+        source, base_dir = str(path), path.resolve().parent
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: invalid YAML ({e})") from e
+    elif isinstance(recipe, str):
+        try:
+            data = yaml.safe_load(recipe)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe: invalid YAML ({e})") from e
+    else:
+        data = recipe
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping")
+    try:
+        parsed = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_error(source, e)) from None
+    if base_dir is not None:
+        parsed = _resolve_paths(parsed, base_dir)
+    return parsed
+
+
+def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
+    def fix(ref: str | None) -> str | None:
+        if ref is None or Path(ref).is_absolute() or Path(ref).exists():
+            return ref
+        cand = base_dir / ref
+        return str(cand) if cand.exists() else ref
+
+    data = recipe.model_dump()
+    data["base_model"] = fix(data["base_model"])
+    if data.get("tokenizer_source") not in (None, "base"):
+        data["tokenizer_source"] = fix(data["tokenizer_source"])
+    for m in data.get("models") or []:
+        m["model"] = fix(m["model"])
+    for s in data.get("slices") or []:
+        s["base_model"] = fix(s["base_model"])
+        for src in s["sources"]:
+            src["model"] = fix(src["model"])
+    return Recipe.model_validate(data)

@@ -1,0 +1,135 @@
+"""Run a recipe end to end: open parents, plan, merge batch by batch, write the child atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from darwin.arch.config import dtype_name
+from darwin.io.card import write_model_card
+from darwin.io.checkpoint import Checkpoint
+from darwin.io.extras import copy_generation_config, copy_tokenizer_files, write_chat_template
+from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, parse_size
+from darwin.plan.execute import DEFAULT_BATCH_BYTES, execute, peak_bytes_estimate
+from darwin.plan.plan import MergePlan
+from darwin.plan.planner import build_plan
+from darwin.plan.recipe import Recipe, load_recipe
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` did.
+
+    Attributes:
+        plan: the executed (or, for a dry run, planned) merge.
+        out_dir: the child folder (None for a dry run).
+        peak_estimate_bytes: estimated peak working memory of the merge (batch + one shard).
+    """
+
+    plan: MergePlan
+    out_dir: Path | None
+    peak_estimate_bytes: int
+
+
+def open_parents(refs: list[str], *, allow_bin: bool = True) -> dict[str, Checkpoint]:
+    """Open every referenced parent lazily (headers only).
+
+    Raises:
+        CheckpointError: naming the first parent that is missing or unreadable.
+    """
+    return {ref: Checkpoint(ref, allow_bin=allow_bin) for ref in refs}
+
+
+def plan_recipe(recipe: Recipe | dict[str, Any] | str | os.PathLike, *, seed: int | None = None
+                ) -> tuple[MergePlan, dict[str, Checkpoint]]:
+    """Load a recipe, open its parents and build the plan (no weights read).
+
+    Args:
+        recipe: path, YAML text, dict or :class:`Recipe`.
+        seed: overrides the recipe's ``seed`` for random masks.
+    """
+    rec = load_recipe(recipe)
+    if seed is not None:
+        rec = rec.model_copy(update={"seed": seed})
+    ckpts = open_parents(rec.referenced_models())
+    return build_plan(rec, ckpts), ckpts
+
+
+def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, Checkpoint], *,
+                max_shard_bytes: int, card_sections: list[str] | None = None) -> None:
+    """Write weights, config, tokenizer, generation config, chat template and card into ``folder``.
+
+    Args:
+        plan: the merge plan (config, dtype, tokenizer source).
+        tensors: iterable of ``(name, tensor)``.
+        folder: destination (a temporary folder from :func:`atomic_output_dir`).
+        checkpoints: opened parents (for tokenizer and generation config files).
+        max_shard_bytes: shard size limit.
+        card_sections: extra markdown sections for the model card.
+    """
+    writer = ShardedWriter(folder, max_shard_bytes)
+    count = 0
+    for name, tensor in tensors:
+        writer.add(name, tensor)
+        count += tensor.numel()
+    writer.finish()
+    (folder / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True))
+    ref = checkpoints[plan.reference].path
+    tok = checkpoints[plan.tokenizer_source].path if plan.tokenizer_source in checkpoints \
+        else Checkpoint(plan.tokenizer_source).path
+    copy_tokenizer_files(tok, folder)
+    copy_generation_config(ref, folder)
+    if plan.chat_template:
+        write_chat_template(folder, plan.chat_template)
+    write_model_card(folder, parents=plan.models, method=plan.method, parameters=plan.recipe,
+                     num_parameters=count, dtype=dtype_name(plan.out_dtype), extra_sections=card_sections)
+
+
+def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+          force: bool = False, device: str | torch.device | None = "auto",
+          max_shard_size: str | int = "5GB", batch_bytes: int = DEFAULT_BATCH_BYTES,
+          seed: int | None = None, dry_run: bool = False, progress: bool = True) -> MergeResult:
+    """Merge parents as a recipe says and write the child (Python API of ``darwin merge``).
+
+    Args:
+        recipe: mergekit-style recipe: YAML path, YAML text, dict or :class:`Recipe`.
+        out_dir: child folder; refused if it exists unless ``force``. Not needed for a dry run.
+        force: replace an existing ``out_dir`` (only once the new child is complete).
+        device: kernel device; ``"auto"`` uses CUDA when available.
+        max_shard_size: shard size limit (``"5GB"``, ``"500MB"``, bytes).
+        batch_bytes: working-set budget of one batched kernel call, bytes.
+        seed: overrides the recipe's mask seed (DARE/DELLA).
+        dry_run: plan and check only; nothing is written.
+        progress: show a rich progress bar.
+
+    Returns:
+        a :class:`MergeResult`.
+
+    Raises:
+        RecipeError, CheckpointError, CompatibilityError, OutputExistsError: bad input, named.
+    """
+    shard_bytes = parse_size(max_shard_size)
+    if not dry_run and out_dir is None:
+        raise ValueError("out_dir is required unless dry_run=True")
+    if not dry_run:
+        check_output_dir(out_dir, force=force)
+    plan, ckpts = plan_recipe(recipe, seed=seed)
+    peak = peak_bytes_estimate(plan, batch_bytes) + min(shard_bytes, plan.output_bytes)
+    if dry_run:
+        return MergeResult(plan, None, peak)
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        with Progress(TextColumn("[bold]merging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      disable=not progress, transient=True) as bar:
+            job = bar.add_task("merge", total=len(plan.tasks))
+            stream = execute(plan, ckpts, device=device, batch_bytes=batch_bytes,
+                             on_batch=lambda n: bar.advance(job, n))
+            write_child(plan, stream, tmp, ckpts, max_shard_bytes=shard_bytes)
+    for c in ckpts.values():
+        c.close()
+    return MergeResult(plan, Path(out_dir).expanduser().resolve(), peak)
