@@ -105,12 +105,12 @@ class Checkpoint:
         self.ref = str(path_or_id)
         self.path = _resolve_location(path_or_id, revision)
         self._allow_bin = allow_bin
-        self.meta: dict[str, TensorMeta] = self._read_headers()
         self._handles: dict[str, Any] = {}
         self._bin_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self.meta: dict[str, TensorMeta] = self._read_headers()
 
     def __repr__(self) -> str:
-        return f"Checkpoint({self.ref!r}, tensors={len(self.meta)})"
+        return f"Checkpoint({self.ref!r}, tensors={len(getattr(self, 'meta', {}))})"
 
     # ------------------------------------------------------------------ discovery
     def _read_headers(self) -> dict[str, TensorMeta]:

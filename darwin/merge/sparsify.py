@@ -2,7 +2,8 @@
 
 Every function works on a batch of flattened task vectors ``delta`` of shape ``[B, N, n]``
 (B tensors merged together, N parents, n elements each), float32, and returns a tensor of the
-same shape. Densities are ``[B, N]`` float tensors (fraction of elements kept, 0..1).
+same shape. Densities are ``[B, N]`` float tensors (fraction of elements kept, 0..1); pass them as float64
+so that element counts ``⌊ρ·n⌋`` match Python's arithmetic on the recipe's numbers exactly.
 
 Random masks are drawn on the CPU from a generator seeded per (tensor, parent): the same seed
 gives the same mask on every device and in every process, so a genome's fitness is reproducible.
@@ -116,7 +117,7 @@ def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequ
     """
     _check_rescale(rescale)
     u = _uniforms(seeds, delta.shape[-1], delta.device)
-    d = density.unsqueeze(-1)
+    d = density.to(delta.dtype).unsqueeze(-1)
     mask = _full_or_empty(delta, density, (u < d).to(delta.dtype))
     return apply_rescale(delta, mask, d, rescale)
 
@@ -140,6 +141,7 @@ def della_drop(delta: torch.Tensor, density: torch.Tensor, epsilon: torch.Tensor
     """
     _check_rescale(rescale)
     B, N, n = delta.shape
+    density, epsilon = density.to(delta.dtype), epsilon.to(delta.dtype)
     lo, hi = density - epsilon, density + epsilon
     active = density < 1
     if bool(((lo <= 0) & active).any()) or bool(((hi > 1) & active).any()):
@@ -162,6 +164,7 @@ def apply_rescale(delta: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor, r
     """Apply ``mask`` [B, N, n] to ``delta`` and rescale (``prob`` broadcasts to ``[B, N, n]``)."""
     _check_rescale(rescale)
     masked = delta * mask
+    prob = prob.to(delta.dtype)
     if rescale == "paper":
         return masked / torch.clamp(prob, min=_EPS)
     if rescale == "l1":

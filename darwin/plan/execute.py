@@ -20,6 +20,7 @@ from darwin.merge.methods import get_method, run_kernel
 from darwin.plan.plan import MergePlan, TensorTask
 
 DEFAULT_BATCH_BYTES = 1 << 30
+_COUNT_PARAMS = ("density", "gamma", "epsilon")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -77,7 +78,10 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
     shared: dict[str, Any] = {}
     for k, v in batch[0].shared.items():
         shared[k] = torch.tensor([t.shared[k] for t in batch], **f32) if isinstance(v, float) else v
-    parent = {k: torch.tensor([t.parent[k] for t in batch], **f32) for k in batch[0].parent}
+    # fractions that become element counts stay float64 so ⌊ρ·n⌋ matches the recipe's arithmetic
+    parent = {k: torch.tensor([t.parent[k] for t in batch], device=device,
+                              dtype=torch.float64 if k in _COUNT_PARAMS else torch.float32)
+              for k in batch[0].parent}
     seeds = [t.seeds for t in batch] if batch[0].seeds is not None else None
     return run_kernel(spec, x, base, shared, parent, seeds)
 
