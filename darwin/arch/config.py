@@ -2,7 +2,9 @@
 
 When a frankenmerge changes the layer count, every per-layer setting must follow: the layer-count
 key itself, lists with one entry per layer (``layer_types``, ``block_types``, …), and lists of
-layer indices (Bamba's ``attn_layer_indices``, Jamba-style ``*_layer_indices``).
+layer indices (Bamba's ``attn_layer_indices``, Jamba-style ``*_layer_indices``). A list is taken
+as per-layer when its length equals the layer count, except for the known fixed-length settings in
+:data:`FIXED_LISTS` (a 2-layer Mamba2's ``time_step_limit`` is a ``(min, max)`` pair, not per-layer).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 import torch
 
 from darwin.arch.mapper import LAYER_COUNT_KEYS
+
+# List-valued settings that never hold one entry per layer, whatever their length.
+FIXED_LISTS = frozenset({"architectures", "time_step_limit", "bos_token_id", "eos_token_id", "pad_token_id"})
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
                 torch.float64: "float64"}
@@ -42,8 +47,9 @@ def slice_config(config: dict[str, Any], layer_sources: list[int]) -> dict[str, 
     if old is None:
         return cfg
     for key, value in list(target.items()):
-        if isinstance(value, list) and len(value) == old and key not in ("architectures",) \
-                and not key.endswith("_indices"):
+        if key in FIXED_LISTS:
+            continue
+        if isinstance(value, list) and len(value) == old and not key.endswith("_indices"):
             target[key] = [value[i] for i in layer_sources]
         elif isinstance(value, list) and key.endswith("_indices") and all(isinstance(v, int) for v in value):
             chosen = set(value)

@@ -26,11 +26,12 @@ _EMBED_WORDS = ("embed_tokens", "wte", "wpe", "embed_in", "embeddings", "word_em
 _HEAD_NAMES = ("lm_head.weight", "embed_out.weight", "output.weight", "lm_head.bias")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
-# Per-family facts the names cannot tell: default tying when config.json omits the key.
-_TIED_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gpt2": True, "mamba2": True,
+# Per-family facts the names cannot tell: default tying when config.json omits the key (the
+# transformers config class default, which is what loading such a checkpoint uses).
+_TIED_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gpt2": True, "mamba2": False,
                  "mamba": True, "olmo2": False, "llama": False, "mistral": False, "qwen2": False,
                  "qwen3": False, "phi3": False, "gpt_neox": False, "bamba": False,
-                 "granitemoehybrid": True}
+                 "granitemoehybrid": False}
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,26 @@ class ArchMap:
         head_name = heads[0] if heads else ("embed_out.weight" if mt == "gpt_neox" else "lm_head.weight")
         tied = is_tied(config) and not heads
         return cls(mt, layers, roles, tied, embed_name, head_name)
+
+    def stored_name(self, name: str, present, out_tied: bool) -> str | None:
+        """The stored tensor that provides ``name`` in this checkpoint, following tied embeddings.
+
+        Args:
+            name: tensor name in the child.
+            present: container of this checkpoint's stored names (``in`` is used).
+            out_tied: the child ties its head; if not, a tied parent provides its head from its
+                token embedding.
+
+        Returns:
+            the stored name, or None if this checkpoint cannot provide the tensor.
+        """
+        if name in present:
+            return name
+        role = self.roles.get(name)
+        is_head = name == self.head_name or (role is not None and role.component == "head")
+        if is_head and self.tied and not out_tied and self.embed_name:
+            return self.embed_name
+        return None
 
     def layer_tensors(self, layer: int) -> list[TensorRole]:
         """Roles of the tensors of one decoder layer."""
