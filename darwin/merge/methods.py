@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from darwin.merge.blend import darwin_blend
 from darwin.merge.linear import linear, passthrough
 from darwin.merge.model_stock import model_stock
 from darwin.merge.slerp import nuslerp, slerp
@@ -51,6 +52,7 @@ class MethodSpec:
         base: ``"required"``, ``"optional"`` or ``"unused"``.
         min_parents, max_parents: bounds on the number of non-base parents.
         paper: citation for the docs.
+        random: draws random masks (needs per-tensor seeds).
     """
 
     name: str
@@ -59,6 +61,7 @@ class MethodSpec:
     min_parents: int = 1
     max_parents: int | None = None
     paper: str = ""
+    random: bool = False
     kernel: Callable[..., torch.Tensor] = field(default=lambda *a, **k: None, repr=False, compare=False)
 
     def param(self, name: str) -> Param | None:
@@ -144,12 +147,23 @@ METHODS: dict[str, MethodSpec] = {
         base="required", min_parents=2, paper="Model Stock, arXiv 2403.19522",
         kernel=lambda x, base, shared, parent, seeds: model_stock(x, base)),
     "passthrough": MethodSpec(
-        "passthrough", (Param("scale", "shared", float, 1.0, doc="multiply the copied tensor"),),
+        # per parent, as in mergekit: a slice source's or model entry's ``scale`` applies
+        "passthrough", (Param("scale", "parent", float, 1.0, doc="multiply the copied tensor"),),
         base="unused", min_parents=1, max_parents=1, paper="(copy; frankenmerges via slices)",
-        kernel=lambda x, base, shared, parent, seeds: passthrough(x, shared["scale"])),
+        kernel=lambda x, base, shared, parent, seeds: passthrough(x, parent["scale"][:, 0])),
+    "darwin_blend": MethodSpec(
+        "darwin_blend", (Param("t", "shared", float, required=True, doc="fraction r taken from parent B"),
+                         Param("lambda", "shared", float, 1.0, doc="SLERP share λ (rest: DARE-TIES)"),
+                         Param("density", "parent", float, 1.0, doc="DARE keep probability ρ"),
+                         _rescale_param(True)),
+        base="required", min_parents=2, max_parents=2, paper="darwin genome kernel (docs/genome.md)", random=True,
+        kernel=lambda x, base, shared, parent, seeds: darwin_blend(
+            x, base, shared["t"], shared["lambda"], parent["density"], seeds,
+            normalize_rescale(shared.get("rescale", "l1")))),
 }
 for _m in FAMILY:
     METHODS[_m] = MethodSpec(_m, _family_params(_m), base="required", paper=_PAPERS[_m],
+                             random=FAMILY[_m].sparsify in ("random", "della"),
                              kernel=_run_family(_m))
 
 

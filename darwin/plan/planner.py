@@ -203,7 +203,7 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
                     vals.append(_coerce(spec, p.name, v, f"{src.model}:{out_name}"))
                 parent[p.name] = vals
         seeds = None
-        if spec.name.startswith(("dare", "della")):
+        if spec.random:
             seeds = [tensor_seed(recipe.seed, out_name, i) for i in range(n_in)]
         shape = next(s for s in shapes.values() if s is not None)
         task_action = "transplant" if n_in + (base_src is not None) == 1 or spec.name == "passthrough" else "blend"
