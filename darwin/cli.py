@@ -1,4 +1,4 @@
-"""Command-line interface: ``darwin merge``, ``darwin demo-models``.
+"""Command-line interface: ``darwin merge``, ``darwin evolve``, ``darwin mri``, ``darwin demo-models``.
 
 Errors on bad input print one line naming the file, tensor or key and exit with status 2
 (1 for unexpected failures). Nothing is left behind in the output location on failure.
@@ -73,14 +73,14 @@ def merge(
     seed: Optional[int] = typer.Option(None, help="Seed of DARE/DELLA masks (overrides the recipe's)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="List every tensor in the report."),
 ) -> None:
-    """Merge parents as RECIPE says (mergekit YAML) and write the child to OUTPUT."""
+    """Merge parents as RECIPE says (mergekit YAML, or a genome recipe from darwin evolve) into OUTPUT."""
     from darwin.plan.run import merge as run_merge
 
     if output is None and not dry_run:
         _fail(DarwinError("give -o/--output (or --dry-run)"))
     try:
-        res = run_merge(recipe, output, force=force, device=device, max_shard_size=max_shard_size,
-                        seed=seed, dry_run=dry_run, progress=sys.stderr.isatty())
+        res = run_merge(_recipe_source(recipe), output, force=force, device=device,
+                        max_shard_size=max_shard_size, seed=seed, dry_run=dry_run, progress=sys.stderr.isatty())
     except CompatibilityError as e:
         if getattr(e, "plan", None) is not None:
             print_report(e.plan, verbose=verbose)
@@ -96,6 +96,88 @@ def merge(
     n = sum(1 for r in res.plan.report if r.action == "transplant")
     out.print(f"wrote {res.out_dir} ({len(res.plan.tasks)} tensors, {n} transplanted, "
               f"{_gib(res.plan.output_bytes)})", highlight=False)
+
+
+def _recipe_source(path: Path):
+    """A mergekit recipe path as is, or a genome recipe (``genome:`` key) decoded into a plan."""
+    import yaml
+
+    from darwin.errors import RecipeError
+    from darwin.genome.recipe import is_genome_recipe, plan_genome_recipe
+
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return path  # the recipe loader reports it with the file name
+    if not is_genome_recipe(data):
+        return path
+    try:
+        return plan_genome_recipe(path)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+
+
+@app.command()
+def evolve(
+    parents: Path = typer.Argument(..., help="parents.yaml: parents, genome, MRI, fitness, search budget."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
+    force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
+) -> None:
+    """Breed a child of two parents: CMA-ES over a genome, candidates merged and scored in memory."""
+    from darwin.search.evolve import evolve as run_evolve
+
+    _quiet_transformers()
+    try:
+        res = run_evolve(parents, output, resume=resume, force=force, progress=True)
+    except DarwinError as e:
+        _fail(e)
+    t = Table(title="fitness (higher is better)", show_edge=False)
+    t.add_column("model")
+    t.add_column("fitness", justify="right")
+    for name, rec in res.baselines.items():
+        t.add_row(name, "failed" if rec["fitness"] is None else f"{rec['fitness']:.5g}")
+    t.add_row("[bold]evolved child[/]", f"[bold]{res.best['fitness']:.5g}[/]")
+    out.print(t)
+    out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (history.jsonl, fitness.png, recipe.yaml, "
+              f"health.json)", highlight=False)
+
+
+@app.command()
+def mri(
+    model: str = typer.Argument(..., help="Model folder (or hub id)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for mri.json and mri.png."),
+    against: Optional[str] = typer.Option(None, "--against", help="Second model: also compute r_MRI per tensor."),
+    probes: bool = typer.Option(True, "--probes/--no-probes", help="Run the probe prompts (needs a forward pass)."),
+    device: str = typer.Option("cpu", help="Device for the probe forward passes."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> None:
+    """Diagnose a model (or a pair): static tensor statistics and per-layer probe importance."""
+    from darwin.mri.report import layer_table
+    from darwin.mri.run import run_mri
+
+    _quiet_transformers()
+    try:
+        doc, scans = run_mri(model, output, against=against, probes=probes, device=device, force=force,
+                             progress=sys.stderr.isatty())
+    except DarwinError as e:
+        _fail(e)
+    out.print(layer_table(scans))
+    if doc["r_mri"]:
+        r = list(doc["r_mri"].values())
+        out.print(f"r_MRI (fraction from B) over {len(r)} tensors: min {min(r):.3f}, mean "
+                  f"{sum(r) / len(r):.3f}, max {max(r):.3f}", highlight=False)
+    out.print(f"wrote {Path(output) / 'mri.json'} and mri.png", highlight=False)
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 @app.command("demo-models")

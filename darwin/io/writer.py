@@ -112,7 +112,10 @@ class ShardedWriter:
         nbytes = tensor.numel() * tensor.element_size()
         if self._pending and self._pending_bytes + nbytes > self.max_shard_bytes:
             self._flush()
-        self._pending[name] = tensor.detach().to("cpu").contiguous()
+        t = tensor.detach().to("cpu").contiguous()
+        if t.untyped_storage().nbytes() != nbytes:  # a view into a larger buffer: own its bytes
+            t = t.clone()
+        self._pending[name] = t
         self._pending_bytes += nbytes
         self._total += nbytes
 

@@ -38,6 +38,8 @@ def _l1_match(delta: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
 
 def _full_or_empty(delta: torch.Tensor, density: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Force mask rows to all-ones where density >= 1 and all-zeros where density <= 0."""
+    if bool(((density > 0) & (density < 1)).all()):
+        return mask
     d = density.unsqueeze(-1)
     mask = torch.where(d >= 1, torch.ones_like(mask), mask)
     return torch.where(d <= 0, torch.zeros_like(mask), mask)
@@ -56,12 +58,16 @@ def magnitude_mask(delta: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
     """
     B, N, n = delta.shape
     flat, dens = delta.reshape(B * N, n).abs(), density.reshape(B * N)
-    mask = torch.zeros_like(flat)
     ks = torch.clamp((dens.double() * n).floor().long(), min=1, max=n)
-    for k in torch.unique(ks).tolist():
-        rows = (ks == k).nonzero(as_tuple=True)[0]
-        idx = torch.topk(flat[rows], k, dim=-1, sorted=False).indices
-        mask[rows] = mask[rows].scatter(-1, idx, 1.0)
+    uniq = torch.unique(ks).tolist()
+    if len(uniq) == 1:  # the common case: one topk call over all rows, no row gathers
+        mask = torch.zeros_like(flat).scatter_(-1, torch.topk(flat, uniq[0], dim=-1, sorted=False).indices, 1.0)
+    else:
+        mask = torch.zeros_like(flat)
+        for k in uniq:
+            rows = (ks == k).nonzero(as_tuple=True)[0]
+            idx = torch.topk(flat[rows], k, dim=-1, sorted=False).indices
+            mask[rows] = torch.zeros_like(flat[rows]).scatter_(-1, idx, 1.0)
     return _full_or_empty(delta, density, mask.reshape(B, N, n))
 
 

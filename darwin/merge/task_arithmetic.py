@@ -88,9 +88,9 @@ def elect_and_combine(wdelta: torch.Tensor, weight: torch.Tensor, consensus: boo
     w = weight.unsqueeze(-1)
     if consensus:
         elected = torch.where(wdelta.sum(1, keepdim=True) >= 0, 1.0, -1.0)
-        mask = (torch.sign(wdelta) == elected).to(wdelta.dtype)
-        mixed = (wdelta * mask).sum(1)
-        div = (w * mask).sum(1)
+        agree = wdelta * elected > 0  # sign(wᵢδ̃ᵢ) = s, zeros excluded
+        mixed = torch.where(agree, wdelta, 0.0).sum(1)
+        div = torch.where(agree, w, 0.0).sum(1)
         div = torch.where(div == 0, torch.ones_like(div), div)
     else:
         mixed = wdelta.sum(1)

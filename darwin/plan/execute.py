@@ -10,16 +10,16 @@ at a time, in plan order within each batch, to a writer or into a resident model
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
-from darwin.io.checkpoint import Checkpoint
 from darwin.merge.methods import get_method, run_kernel
 from darwin.plan.plan import MergePlan, TensorTask
 
-DEFAULT_BATCH_BYTES = 1 << 30
+DEFAULT_BATCH_BYTES = 1 << 30  # CUDA: big batches amortise launches over many small tensors
+CPU_BATCH_BYTES = 64 << 20  # CPU: batches beyond a few cache-sized tensors only add memory traffic
 _COUNT_PARAMS = ("density", "gamma", "epsilon")
 
 
@@ -28,6 +28,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def default_batch_bytes(device: torch.device) -> int:
+    """Working-set budget of one kernel call: 1 GiB on CUDA, 64 MiB on CPU (measured: larger CPU
+    batches are slower, see benchmarks/RESULTS.md)."""
+    return DEFAULT_BATCH_BYTES if device.type == "cuda" else CPU_BATCH_BYTES
 
 
 def _static_key(task: TensorTask) -> tuple:
@@ -86,28 +92,36 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
     return run_kernel(spec, x, base, shared, parent, seeds)
 
 
-def execute(plan: MergePlan, checkpoints: dict[str, Checkpoint], *, device: str | torch.device | None = "auto",
-            batch_bytes: int = DEFAULT_BATCH_BYTES,
+def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | torch.device | None = "auto",
+            batch_bytes: int | None = None, out_dtype: torch.dtype | None = None, to_cpu: bool = True,
             on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(child tensor name, tensor)`` for every task, in the plan's output dtype, on CPU.
+    """Yield ``(child tensor name, tensor)`` for every task.
 
     Args:
         plan: the merge plan.
-        checkpoints: model reference → opened checkpoint (every model the plan reads).
+        checkpoints: model reference → tensor source with ``get(name)`` (a :class:`Checkpoint`,
+            or a plain ``dict`` of tensors held in memory).
         device: kernel device (``"auto"``: CUDA if available).
-        batch_bytes: working-set budget of one kernel call.
+        batch_bytes: working-set budget of one kernel call (default: :func:`default_batch_bytes`).
+        out_dtype: result dtype (default: the plan's output dtype).
+        to_cpu: move results to the CPU; otherwise they stay on the kernel device.
         on_batch: called with the number of tensors after each batch (progress bars).
+
+    Yields tensors that may be views of a shared batch buffer: copy them (writers do) before the
+    next item if they must outlive the iteration.
     """
     dev = resolve_device(device)
+    dtype = out_dtype or plan.out_dtype
+    batch_bytes = batch_bytes or default_batch_bytes(dev)
 
     def load(model: str, name: str) -> torch.Tensor:
         return checkpoints[model].get(name)
 
     for batch in batches(plan.tasks, batch_bytes):
-        merged = merge_batch(batch, load, dev).to(plan.out_dtype)
-        if merged.device.type != "cpu":
+        merged = merge_batch(batch, load, dev).to(dtype)
+        if to_cpu and merged.device.type != "cpu":
             merged = merged.cpu()
         for task, tensor in zip(batch, merged):
-            yield task.out_name, tensor.clone()
+            yield task.out_name, tensor
         if on_batch:
             on_batch(len(batch))

@@ -16,7 +16,7 @@ from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.extras import copy_generation_config, copy_tokenizer_files, write_chat_template
 from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, parse_size
-from darwin.plan.execute import DEFAULT_BATCH_BYTES, execute, peak_bytes_estimate
+from darwin.plan.execute import default_batch_bytes, execute, peak_bytes_estimate, resolve_device
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import build_plan
 from darwin.plan.recipe import Recipe, load_recipe
@@ -93,17 +93,18 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
 
 def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
           force: bool = False, device: str | torch.device | None = "auto",
-          max_shard_size: str | int = "5GB", batch_bytes: int = DEFAULT_BATCH_BYTES,
+          max_shard_size: str | int = "5GB", batch_bytes: int | None = None,
           seed: int | None = None, dry_run: bool = False, progress: bool = True) -> MergeResult:
     """Merge parents as a recipe says and write the child (Python API of ``darwin merge``).
 
     Args:
-        recipe: mergekit-style recipe: YAML path, YAML text, dict or :class:`Recipe`.
+        recipe: mergekit-style recipe: YAML path, YAML text, dict or :class:`Recipe`; or an
+            already built ``(MergePlan, checkpoints)`` pair (genome recipes).
         out_dir: child folder; refused if it exists unless ``force``. Not needed for a dry run.
         force: replace an existing ``out_dir`` (only once the new child is complete).
         device: kernel device; ``"auto"`` uses CUDA when available.
         max_shard_size: shard size limit (``"5GB"``, ``"500MB"``, bytes).
-        batch_bytes: working-set budget of one batched kernel call, bytes.
+        batch_bytes: working-set budget of one batched kernel call, bytes (default by device).
         seed: overrides the recipe's mask seed (DARE/DELLA).
         dry_run: plan and check only; nothing is written.
         progress: show a rich progress bar.
@@ -119,7 +120,11 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os
         raise ValueError("out_dir is required unless dry_run=True")
     if not dry_run:
         check_output_dir(out_dir, force=force)
-    plan, ckpts = plan_recipe(recipe, seed=seed)
+    if isinstance(recipe, tuple):  # an already built (plan, checkpoints), e.g. a decoded genome recipe
+        plan, ckpts = recipe
+    else:
+        plan, ckpts = plan_recipe(recipe, seed=seed)
+    batch_bytes = batch_bytes or default_batch_bytes(resolve_device(device))
     peak = peak_bytes_estimate(plan, batch_bytes) + min(shard_bytes, plan.output_bytes)
     if dry_run:
         return MergeResult(plan, None, peak)

@@ -1,0 +1,102 @@
+"""Perplexity fitness over local text files.
+
+The texts are tokenised once (concatenated in sorted file order, separated by the EOS token if the
+tokenizer has one), truncated to ``max_tokens``, and cut into consecutive non-overlapping windows
+of ``window`` tokens; the last partial window is kept if it has at least 2 tokens. The fitness is
+the negative mean token negative log-likelihood in nats, ``−log(perplexity)``: higher is better,
+and ``exp(−fitness)`` is the perplexity. Deterministic: fixed tokens, fixed windows, no sampling.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from darwin.errors import DarwinError
+
+TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json", ".jsonl", ".csv", ".tex", ".html")
+
+
+def collect_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively, text suffixes only), sorted, deduplicated.
+
+    Raises:
+        DarwinError: a path does not exist, or nothing readable was found.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DarwinError(f"perplexity fitness: {p}: no such file or folder")
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise DarwinError(f"perplexity fitness: no text files in {[str(p) for p in paths]}")
+    return out
+
+
+class PerplexityFitness:
+    """``−log(perplexity)`` of a model on fixed token windows of local text.
+
+    Args:
+        files: text files or folders.
+        max_tokens: token budget (the first ``max_tokens`` tokens of the concatenation).
+        window: window length in tokens.
+        batch_size: windows per forward pass.
+    """
+
+    def __init__(self, files: list[str | os.PathLike], max_tokens: int = 2048, window: int = 512,
+                 batch_size: int = 4):
+        self.files = collect_files(files)
+        self.max_tokens, self.window, self.batch_size = max_tokens, window, batch_size
+        self._ids: torch.Tensor | None = None
+        self._tok_key: int | None = None
+
+    def token_ids(self, tokenizer) -> torch.Tensor:
+        """The fixed token sequence (``[≤ max_tokens]`` int64), tokenised once per tokenizer."""
+        if self._ids is None or self._tok_key != id(tokenizer):
+            sep = tokenizer.eos_token or "\n\n"
+            text = sep.join(f.read_text(errors="replace") for f in self.files)
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+            if ids.numel() < 2:
+                raise DarwinError(f"perplexity fitness: fewer than 2 tokens in {self.files}")
+            self._ids, self._tok_key = ids[: self.max_tokens], id(tokenizer)
+        return self._ids
+
+    @torch.no_grad()
+    def mean_nll(self, model, tokenizer) -> float:
+        """Mean negative log-likelihood per predicted token, in nats."""
+        ids = self.token_ids(tokenizer)
+        windows = [ids[i:i + self.window] for i in range(0, ids.numel(), self.window)]
+        windows = [w for w in windows if w.numel() >= 2]
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for i in range(0, len(windows), self.batch_size):
+            chunk = windows[i:i + self.batch_size]
+            lens = [w.numel() for w in chunk]
+            batch = torch.zeros(len(chunk), max(lens), dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for j, w in enumerate(chunk):
+                batch[j, : lens[j]] = w
+                mask[j, : lens[j]] = 1
+            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            tgt = batch[:, 1:].to(device)
+            nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            m = mask[:, 1:].to(device).bool()
+            total += float(nll[m].double().sum())
+            count += int(m.sum())
+        return total / count
+
+    def __call__(self, model, tokenizer) -> float:
+        return -self.mean_nll(model, tokenizer)
+
+    @staticmethod
+    def to_perplexity(fitness: float) -> float:
+        """Fitness (−mean NLL) → perplexity."""
+        return math.exp(-fitness)

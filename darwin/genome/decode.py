@@ -1,0 +1,256 @@
+"""Decode a genome into a per-tensor merge plan over two parents.
+
+:func:`pair_layout` does the slow part once per search (maps both parents, pairs their tensors,
+runs the pre-flight checks); :func:`decode` then turns gene values into a
+:class:`~darwin.plan.plan.MergePlan` in microseconds per tensor, with no I/O.
+
+Definitions (darwin's; the Darwin model cards name the genes but not how they combine):
+
+* ``r_genome = σ(logit γ + logit α_component + logit r_block)`` with ``block = ⌊6·layer/L⌋``;
+  attention and SSM mixers use ``attn_ratio``, FFNs ``ffn_ratio``, embeddings and the head
+  ``embed_ratio``; norms and unmapped tensors the neutral α = 0.5, and tensors outside the layers
+  the neutral block ratio 0.5 (``darwin14`` decoder). ``layerwise`` reads ``layer_<i>_attn`` /
+  ``layer_<i>_ffn`` per layer, ``norm_ratio`` and ``embed_ratio``.
+* With an MRI diagnosis, ``r = τ·r_MRI + (1 − τ)·r_genome`` (τ = ``mri_trust``).
+* ``r < transplant_low`` copies A's tensor whole, ``r > transplant_high`` B's; otherwise the
+  ``darwin_blend`` kernel: ``λ·SLERP(A, B; r) + (1 − λ)·DARE-TIES(θ₀; A, B; ρ_A, ρ_B)`` with θ₀
+  the base if given, else A (λ = ``merge_method_weight``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from darwin.arch.config import child_config
+from darwin.arch.mapper import ArchMap, TensorRole
+from darwin.arch.preflight import config_checks, tensor_verdict
+from darwin.errors import CompatibilityError, RecipeError
+from darwin.genome.spec import GenomeSpec
+from darwin.io.checkpoint import Checkpoint
+from darwin.merge.seeds import tensor_seed
+from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+
+_CLAMP = 1e-6
+
+
+def logit(p: float) -> float:
+    """``log(p/(1−p))`` with p clamped to ``[1e-6, 1 − 1e-6]``."""
+    p = min(max(p, _CLAMP), 1 - _CLAMP)
+    return math.log(p / (1 - p))
+
+
+def sigmoid(x: float) -> float:
+    """``1/(1 + e^{−x})``."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One child tensor and where it comes from in each parent (stored names)."""
+
+    name: str
+    role: TensorRole
+    shape: tuple[int, ...]
+    a: str
+    b: str
+    base: str | None
+
+
+@dataclass
+class PairLayout:
+    """Two parents (and an optional base) paired tensor by tensor; built once per search.
+
+    Attributes:
+        a, b, base: parent references.
+        slots: one per child tensor, in parent A's storage order.
+        num_layers: decoder layers of A (and B).
+        config: the child config (A's, with dtype and tying set).
+        tied: the child ties its head to its embedding.
+        out_dtype: child storage dtype.
+        checks: config-level pre-flight rows.
+    """
+
+    a: str
+    b: str
+    base: str | None
+    slots: list[Slot]
+    num_layers: int
+    config: dict[str, Any]
+    tied: bool
+    out_dtype: torch.dtype
+    checks: list[tuple[str, bool, str]]
+
+    @property
+    def models(self) -> list[str]:
+        """Parent references, A first."""
+        return [self.a, self.b] + ([self.base] if self.base else [])
+
+
+def pair_layout(checkpoints: Mapping[str, Checkpoint], a: str, b: str, base: str | None = None,
+                out_dtype: torch.dtype = torch.float32) -> PairLayout:
+    """Pair the tensors of parents A and B (and the base) and run the pre-flight checks.
+
+    Raises:
+        CompatibilityError: a tensor is missing from a parent, shapes differ, or a config check
+            fails (model type, hidden size, vocabulary, layer count, rope, tokenizer); the
+            message lists the culprits.
+    """
+    refs = [a, b] + ([base] if base else [])
+    labels = {m: chr(ord("A") + i) if i < 2 else "base" for i, m in enumerate(refs)}
+    maps = {m: ArchMap.build(checkpoints[m].config, checkpoints[m].tensor_names) for m in refs}
+    tied = all(maps[m].tied for m in refs)
+    names = list(maps[a].roles)
+    for m in refs[1:]:
+        names += [n for n in maps[m].roles if n not in names]
+    if tied:
+        names = [n for n in names if maps[a].roles.get(n) is None or maps[a].roles[n].component != "head"]
+    elif maps[a].head_name not in names:
+        names.append(maps[a].head_name)
+    slots, problems = [], []
+    for n in names:
+        stored = {m: maps[m].stored_name(n, checkpoints[m], tied) for m in refs}
+        shapes = {m: (checkpoints[m].meta[s].shape if s else None) for m, s in stored.items()}
+        action, detail = tensor_verdict(shapes, labels)
+        if action != "blend":
+            problems.append(f"{n}: {action} ({detail})")
+            continue
+        role = maps[a].roles.get(n) or next(maps[m].roles[n] for m in refs if n in maps[m].roles) \
+            if any(n in maps[m].roles for m in refs) else TensorRole(n, "head", None, None, n)
+        slots.append(Slot(n, role, shapes[a], stored[a], stored[b], stored[base] if base else None))
+    checks = config_checks({m: checkpoints[m].config for m in refs}, {m: checkpoints[m].path for m in refs},
+                           labels, same_depth=True, check_tokenizer=True)
+    problems += [f"{c} differs: {d}" for c, ok, d in checks if not ok]
+    if problems:
+        raise CompatibilityError("parents are not compatible: " + "; ".join(problems[:6])
+                                 + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
+    config = child_config(checkpoints[a].config, dtype=out_dtype, tied=tied)
+    return PairLayout(a, b, base, slots, maps[a].num_layers, config, tied, out_dtype, checks)
+
+
+# ----------------------------------------------------------------------------- ratio rules
+_ATTN_LIKE = ("attn", "ssm")
+
+
+def darwin14_ratio(v: Mapping[str, float], role: TensorRole, num_layers: int, neutral: float) -> float:
+    """``σ(logit γ + logit α_component + logit r_block)`` for one tensor (see module doc)."""
+    comp = role.component
+    alpha = (v["attn_ratio"] if comp in _ATTN_LIKE else v["ffn_ratio"] if comp == "ffn"
+             else v["embed_ratio"] if comp in ("embed", "head") else neutral)
+    if role.layer is not None and num_layers > 0:
+        block = v[f"block_{min(5, 6 * role.layer // num_layers)}_ratio"]
+    else:
+        block = neutral
+    return sigmoid(logit(v["global_ratio"]) + logit(alpha) + logit(block))
+
+
+def layerwise_ratio(v: Mapping[str, float], role: TensorRole, num_layers: int, neutral: float) -> float:
+    """Per-layer ratio: ``layer_<i>_attn`` / ``layer_<i>_ffn``; ``norm_ratio``; ``embed_ratio``."""
+    comp = role.component
+    if role.layer is not None and comp in _ATTN_LIKE:
+        return v[f"layer_{role.layer}_attn"]
+    if role.layer is not None and comp == "ffn":
+        return v[f"layer_{role.layer}_ffn"]
+    if comp == "norm":
+        return v["norm_ratio"]
+    if comp in ("embed", "head"):
+        return v["embed_ratio"]
+    return neutral
+
+
+RATIO_RULES: dict[str, Callable[[Mapping[str, float], TensorRole, int, float], float]] = {
+    "darwin14": darwin14_ratio,
+    "layerwise": layerwise_ratio,
+}
+_SHARED_GENES = ("density_a", "density_b", "mri_trust", "merge_method_weight")
+
+
+def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_layers: int,
+                 r_mri: Mapping[str, float] | None) -> float:
+    """Final ratio r for one tensor: the decoder's rule, fused with MRI when given."""
+    rule = RATIO_RULES[spec.decoder]
+    r = rule(values, slot.role, num_layers, spec.options.neutral_ratio)
+    if r_mri is not None and slot.name in r_mri:
+        tau = values["mri_trust"]
+        r = tau * r_mri[slot.name] + (1 - tau) * r
+    return r
+
+
+def check_values(spec: GenomeSpec, values: Mapping[str, float], num_layers: int) -> None:
+    """Every gene of the expanded genome has a value inside its bounds.
+
+    Raises:
+        RecipeError: a missing, unknown or out-of-bounds gene.
+    """
+    if spec.decoder not in RATIO_RULES:
+        raise RecipeError(f"genome {spec.name!r}: unknown decoder {spec.decoder!r} (known: {sorted(RATIO_RULES)})")
+    genes = {g.name: g for g in spec.expand(num_layers)}
+    missing = [n for n in _SHARED_GENES if n not in genes]
+    if missing:
+        raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} needs genes {missing}")
+    for n, g in genes.items():
+        if n not in values:
+            raise RecipeError(f"genome {spec.name!r}: no value for gene {n!r}")
+        if not g.low - 1e-9 <= values[n] <= g.high + 1e-9:
+            raise RecipeError(f"gene {n!r} = {values[n]} outside [{g.low}, {g.high}]")
+    unknown = set(values) - set(genes)
+    if unknown:
+        raise RecipeError(f"genome {spec.name!r}: unknown genes {sorted(unknown)}")
+
+
+def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
+           r_mri: Mapping[str, float] | None = None, seed: int = 0) -> MergePlan:
+    """Turn gene values into a merge plan.
+
+    Args:
+        spec: the genome definition.
+        values: gene name → value (inside bounds), e.g. from :func:`vector_to_values`.
+        layout: the paired parents (:func:`pair_layout`).
+        r_mri: tensor name → MRI ratio in [0, 1] (fraction from B), or None without MRI.
+        seed: mask seed; masks depend on (seed, tensor, parent), not on the genome, so a genome
+            always scores the same and nearby genomes share masks (common random numbers).
+
+    Returns:
+        a :class:`MergePlan` whose ``recipe`` field records the genome (``darwin merge`` can
+        replay it).
+    """
+    check_values(spec, values, layout.num_layers)
+    opt = spec.options
+    lam = values["merge_method_weight"]
+    dens = [values["density_a"], values["density_b"]]
+    tasks, report = [], []
+    for s in layout.slots:
+        r = tensor_ratio(spec, values, s, layout.num_layers, r_mri)
+        a_src, b_src = Source(layout.a, s.a), Source(layout.b, s.b)
+        if r < opt.transplant_low or r > opt.transplant_high:
+            src = a_src if r < opt.transplant_low else b_src
+            tasks.append(TensorTask(s.name, s.shape, "passthrough", [src], None, {}, {"scale": [1.0]}, None,
+                                    s.role.component, s.role.layer, "transplant"))
+            report.append(ReportRow(s.name, "transplant", f"r={r:.3f} → {'A' if src is a_src else 'B'}"))
+            continue
+        base_src = Source(layout.base, s.base) if layout.base else a_src
+        tasks.append(TensorTask(s.name, s.shape, "darwin_blend", [a_src, b_src], base_src,
+                                {"t": r, "lambda": lam, "rescale": opt.rescale}, {"density": list(dens)},
+                                [tensor_seed(seed, s.name, 0), tensor_seed(seed, s.name, 1)],
+                                s.role.component, s.role.layer, "blend"))
+        report.append(ReportRow(s.name, "blend", f"r={r:.3f}"))
+    return MergePlan(tasks, layout.models, layout.a, layout.config, layout.out_dtype, layout.tied, layout.a,
+                     None, report, layout.checks, f"darwin-genome:{spec.name}",
+                     {"genome": spec.source or spec.name, "values": dict(values), "seed": seed})
+
+
+def vector_to_values(spec: GenomeSpec, x: list[float], num_layers: int) -> dict[str, float]:
+    """CMA-ES coordinates → gene values (sigmoid into bounds), in :meth:`GenomeSpec.expand` order."""
+    genes = spec.expand(num_layers)
+    if len(x) != len(genes):
+        raise ValueError(f"genome {spec.name!r} has {len(genes)} genes, got a vector of {len(x)}")
+    return {g.name: g.decode(float(xi)) for g, xi in zip(genes, x)}
+
+
+def start_vector(spec: GenomeSpec, num_layers: int) -> list[float]:
+    """CMA-ES start point: every gene's start value encoded."""
+    return [g.encode(g.start) for g in spec.expand(num_layers)]

@@ -1,0 +1,83 @@
+"""Genome recipes: a saved genome that ``darwin merge`` replays into the same child, bit for bit.
+
+``darwin evolve`` writes ``OUT/recipe.yaml`` in this format::
+
+    genome: darwin14                 # built-in name or path to a genome YAML
+    parents: [path/to/A, path/to/B]
+    base: null                       # optional base model
+    values: {global_ratio: 0.61, …}  # every gene's value
+    mri: {model.layers.0.mlp.up_proj.weight: 0.47, …}   # optional r_MRI per tensor
+    dtype: bfloat16
+    seed: 0
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from darwin.errors import RecipeError
+from darwin.genome.decode import decode, pair_layout
+from darwin.genome.spec import load_genome
+from darwin.io.checkpoint import Checkpoint
+from darwin.plan.plan import MergePlan
+from darwin.plan.planner import parse_dtype
+
+
+class GenomeRecipe(BaseModel):
+    """A genome applied to two parents (see module doc)."""
+
+    model_config = ConfigDict(extra="forbid")
+    genome: str
+    parents: list[str]
+    base: Optional[str] = None
+    values: dict[str, float]
+    mri: Optional[dict[str, float]] = None
+    dtype: str = "float32"
+    seed: int = 0
+
+
+def is_genome_recipe(data: Any) -> bool:
+    """Whether a loaded YAML mapping is a genome recipe (has a ``genome`` key)."""
+    return isinstance(data, dict) and "genome" in data
+
+
+def load_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLike") -> GenomeRecipe:
+    """Validate a genome recipe from a dict or YAML path.
+
+    Raises:
+        RecipeError: unreadable file or invalid content (naming the key).
+    """
+    if isinstance(source, GenomeRecipe):
+        return source
+    data, where = source, "genome recipe"
+    if isinstance(source, (str, os.PathLike)):
+        where = str(source)
+        try:
+            data = yaml.safe_load(Path(source).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise RecipeError(f"{where}: cannot read ({e})") from e
+    try:
+        rec = GenomeRecipe.model_validate(data)
+    except ValidationError as e:
+        msgs = [f"unknown key {err['loc'][-1]!r}" if err["type"] == "extra_forbidden"
+                else f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise RecipeError(f"{where}: invalid genome recipe: " + "; ".join(msgs[:5])) from None
+    if len(rec.parents) != 2:
+        raise RecipeError(f"{where}: a genome recipe needs exactly two parents, got {len(rec.parents)}")
+    return rec
+
+
+def plan_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLike"
+                       ) -> tuple[MergePlan, dict[str, Checkpoint]]:
+    """Open the parents and decode the genome into a merge plan (no weights read)."""
+    rec = load_genome_recipe(source)
+    spec = load_genome(rec.genome)
+    refs = rec.parents + ([rec.base] if rec.base else [])
+    ckpts = {r: Checkpoint(r) for r in refs}
+    layout = pair_layout(ckpts, rec.parents[0], rec.parents[1], rec.base, parse_dtype(rec.dtype))
+    return decode(spec, rec.values, layout, r_mri=rec.mri, seed=rec.seed), ckpts

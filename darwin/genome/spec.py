@@ -1,0 +1,125 @@
+"""Genome definitions: genes with bounds and start values, read from YAML.
+
+CMA-ES searches unbounded reals ``x``; a gene's value is ``low + (high − low)·σ(x)`` with
+``σ(x) = 1/(1 + e^{−x})``, so every candidate is inside its bounds without clipping, and the start
+value maps back through the logit. Built-in genomes live in the repository's ``genomes/`` folder
+(``darwin14``, ``layerwise``, ``my-genome``); any YAML path of the same shape works.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from darwin.errors import RecipeError
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+_EPS = 1e-4
+
+
+class Gene(BaseModel):
+    """A gene: name, bounds and start value (``low <= start <= high``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    low: float = 0.0
+    high: float = 1.0
+    start: float = 0.5
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not self.low < self.high:
+            raise ValueError(f"gene {self.name!r}: low must be < high")
+        if not self.low <= self.start <= self.high:
+            raise ValueError(f"gene {self.name!r}: start {self.start} outside [{self.low}, {self.high}]")
+        return self
+
+    def decode(self, x: float) -> float:
+        """Unbounded search coordinate → gene value in ``[low, high]``."""
+        return self.low + (self.high - self.low) / (1.0 + math.exp(-max(min(x, 60.0), -60.0)))
+
+    def encode(self, value: float) -> float:
+        """Gene value → search coordinate (inverse of :meth:`decode`, clamped inside the bounds)."""
+        u = (value - self.low) / (self.high - self.low)
+        u = min(max(u, _EPS), 1 - _EPS)
+        return math.log(u / (1 - u))
+
+
+class DecoderOptions(BaseModel):
+    """Decoder settings shared by the built-in decoders.
+
+    Attributes:
+        transplant_low: ratio below which a tensor is copied whole from parent A.
+        transplant_high: ratio above which a tensor is copied whole from parent B.
+        rescale: DARE rescale convention (``l1``, ``paper``, ``none``).
+        neutral_ratio: α used for norms and unmapped tensors.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    transplant_low: float = 0.15
+    transplant_high: float = 0.85
+    rescale: str = "l1"
+    neutral_ratio: float = 0.5
+
+
+class GenomeSpec(BaseModel):
+    """A genome: named genes, optional per-layer genes, a decoder and its options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    decoder: str
+    description: str = ""
+    genes: list[Gene]
+    per_layer_genes: list[Gene] = []
+    options: DecoderOptions = DecoderOptions()
+    source: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [g.name for g in self.genes] + [g.name for g in self.per_layer_genes]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate gene names {sorted(dup)}")
+        return self
+
+    def expand(self, num_layers: int) -> list[Gene]:
+        """All genes for a model with ``num_layers`` layers (per-layer genes as ``layer_<i>_<name>``)."""
+        out = list(self.genes)
+        for i in range(num_layers):
+            out += [g.model_copy(update={"name": f"layer_{i}_{g.name}"}) for g in self.per_layer_genes]
+        return out
+
+
+def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
+    """Load a built-in genome by name (``darwin14``) or a genome YAML by path.
+
+    Raises:
+        RecipeError: unknown name, unreadable file, or invalid content (naming the key).
+    """
+    p = Path(name_or_path)
+    if not p.exists():
+        cand = BUILTIN_DIR / f"{name_or_path}.yaml"
+        if not cand.exists():
+            known = sorted(f.stem for f in BUILTIN_DIR.glob("*.yaml"))
+            raise RecipeError(f"genome {str(name_or_path)!r}: no such file or built-in genome (built-in: {known})")
+        p = cand
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{p}: invalid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{p}: a genome must be a YAML mapping")
+    try:
+        return GenomeSpec.model_validate({**data, "source": str(p)})
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msgs.append(f"unknown key {err['loc'][-1]!r} at {loc}" if err["type"] == "extra_forbidden"
+                        else f"{loc}: {err['msg']}")
+        raise RecipeError(f"{p}: invalid genome: " + "; ".join(msgs[:5])) from None

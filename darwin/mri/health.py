@@ -1,0 +1,63 @@
+"""Health check: compare a child with both parents layer by layer on the probe prompts.
+
+For every decoder layer ℓ, the mean over tokens of ``cos(h_child, h_A)`` and ``cos(h_child, h_B)``
+of the layer outputs; a layer is flagged when the child departs from both parents
+(both similarities below ``threshold``, 0.9 by default). Non-finite hidden states or logits
+are flagged too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from darwin.mri.probe import layer_states
+
+
+@torch.no_grad()
+def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_layers: int,
+                 threshold: float = 0.9, max_length: int = 64) -> dict[str, Any]:
+    """Per-layer similarity of the child's hidden states to each parent's.
+
+    Args:
+        child, parent_a, parent_b: loaded models of the same architecture.
+        tokenizer: shared tokenizer.
+        prompts: probe prompts (a few per family is enough).
+        num_layers: decoder layers.
+        threshold: a layer departs from a parent when the mean cosine is below it.
+
+    Returns:
+        ``{"layers": [{"layer", "cos_a", "cos_b", "departs"}], "finite": bool, "flags": [str],
+        "threshold": float}``.
+    """
+    states = {k: layer_states(m, tokenizer, prompts, num_layers, max_length)
+              for k, m in (("child", child), ("a", parent_a), ("b", parent_b))}
+    rows, flags, finite = [], [], True
+    for i in range(num_layers):
+        sims = {"a": [], "b": []}
+        for p in range(len(prompts)):
+            yc = states["child"][p][i][1]
+            if not torch.isfinite(yc).all():
+                finite = False
+            for k in ("a", "b"):
+                sims[k].append(torch.nn.functional.cosine_similarity(yc, states[k][p][i][1], dim=-1))
+        ca = float(torch.cat(sims["a"]).mean())
+        cb = float(torch.cat(sims["b"]).mean())
+        departs = not (ca >= threshold or cb >= threshold)
+        rows.append({"layer": i, "cos_a": ca, "cos_b": cb, "departs": departs})
+        if departs:
+            flags.append(f"layer {i}: cos to A {ca:.3f}, to B {cb:.3f} (both < {threshold})")
+    dev = next(child.parameters()).device
+    ids = tokenizer(prompts[0], return_tensors="pt").input_ids.to(dev)
+    logits = child(input_ids=ids).logits
+    if not torch.isfinite(logits).all():
+        finite = False
+    if not finite:
+        flags.insert(0, "non-finite hidden states or logits")
+    for r in rows:
+        for k in ("cos_a", "cos_b"):
+            if not math.isfinite(r[k]):
+                r[k] = None
+    return {"layers": rows, "finite": finite, "flags": flags, "threshold": threshold}

@@ -1,0 +1,211 @@
+"""``parents.yaml``: what ``darwin evolve`` breeds, how it scores, how long it searches.
+
+Example::
+
+    parents: [./parent_a, ./parent_b]      # two parents (folders or hub ids)
+    base: ./base                            # optional: DARE-TIES task vectors are taken from it
+    genome: darwin14                        # built-in name or path to a genome YAML
+    mri: {enabled: true, probes: [reasoning, code, math, knowledge, language],
+          weights: {static: 0.4, probe: 0.6}}
+    fitness:
+      - perplexity: {files: [heldout.txt], max_tokens: 2048, window: 512}
+        weight: 1.0
+      - lm_eval: {tasks: [my_task], include_path: ./tasks, limit: 50}
+        weight: 0.5
+      - python: mymodule:score
+    search: {population: 8, generations: 10, sigma0: 0.5, seed: 0}   # or max_evaluations
+    dtype: float32
+    device: auto
+
+Every mapping is ``extra="forbid"``: an unknown key is an error naming it. Relative paths resolve
+against the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from darwin.errors import RecipeError
+from darwin.mri.probe import FAMILIES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MriWeights(_Strict):
+    """Weights of the static and probe signals in r_MRI."""
+
+    static: float = 0.4
+    probe: float = 0.6
+
+
+class MriConfig(_Strict):
+    """MRI diagnosis used to guide the search (``r = τ·r_MRI + (1 − τ)·r_genome``)."""
+
+    enabled: bool = True
+    probes: list[str] = Field(default_factory=lambda: list(FAMILIES))
+    weights: MriWeights = MriWeights()
+
+    @model_validator(mode="after")
+    def _families(self):
+        bad = [p for p in self.probes if p not in FAMILIES]
+        if bad:
+            raise ValueError(f"unknown probe families {bad}; known: {list(FAMILIES)}")
+        return self
+
+
+class PerplexitySpec(_Strict):
+    """Perplexity over local text files (see :mod:`darwin.fitness.perplexity`)."""
+
+    files: list[str]
+    max_tokens: int = 2048
+    window: int = 512
+    batch_size: int = 4
+
+
+class LmEvalSpec(_Strict):
+    """lm-eval tasks on the in-memory model (see :mod:`darwin.fitness.lm_eval`)."""
+
+    tasks: list[str]
+    include_path: Optional[str] = None
+    limit: Optional[int] = None
+    metric: Optional[str] = None
+    batch_size: int = 4
+
+
+class FitnessEntry(_Strict):
+    """One fitness component: exactly one of ``perplexity``, ``lm_eval``, ``python``; plus ``weight``."""
+
+    perplexity: Optional[PerplexitySpec] = None
+    lm_eval: Optional[LmEvalSpec] = None
+    python: Optional[str] = None
+    weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _one(self):
+        set_ = [k for k in ("perplexity", "lm_eval", "python") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"a fitness entry needs exactly one of perplexity, lm_eval, python; got {set_ or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``perplexity``, ``lm_eval`` or ``python``."""
+        return next(k for k in ("perplexity", "lm_eval", "python") if getattr(self, k) is not None)
+
+
+class SearchConfig(_Strict):
+    """CMA-ES budget and settings."""
+
+    population: Optional[int] = None
+    generations: Optional[int] = None
+    max_evaluations: Optional[int] = None
+    sigma0: float = 0.5
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if self.generations is None and self.max_evaluations is None:
+            raise ValueError("give search.generations or search.max_evaluations")
+        if self.population is not None and self.population < 2:
+            raise ValueError("search.population must be >= 2")
+        if self.sigma0 <= 0:
+            raise ValueError("search.sigma0 must be > 0")
+        return self
+
+    def popsize(self, n_genes: int) -> int:
+        """Population: as given, else CMA-ES's default ``4 + ⌊3 ln n⌋``."""
+        return self.population or 4 + int(3 * math.log(n_genes))
+
+    def num_generations(self, n_genes: int) -> int:
+        """Generations: as given, else ``⌈max_evaluations / population⌉``."""
+        if self.generations is not None:
+            return self.generations
+        return max(1, math.ceil(self.max_evaluations / self.popsize(n_genes)))
+
+
+class ParentsConfig(_Strict):
+    """The whole ``parents.yaml``."""
+
+    parents: list[str]
+    base: Optional[str] = None
+    genome: str = "darwin14"
+    mri: MriConfig = MriConfig()
+    fitness: list[FitnessEntry]
+    search: SearchConfig
+    dtype: str = "float32"
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.parents) < 2:
+            raise ValueError("give at least two parents")
+        if not self.fitness:
+            raise ValueError("give at least one fitness entry")
+        return self
+
+
+def _resolve(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    def fix(p: str | None) -> str | None:
+        if p is None or Path(p).is_absolute():
+            return p
+        cand = base_dir / p
+        return str(cand) if cand.exists() else p
+
+    data = dict(data)
+    data["parents"] = [fix(p) for p in data.get("parents") or []]
+    data["base"] = fix(data.get("base"))
+    if isinstance(data.get("genome"), str) and data["genome"].endswith((".yaml", ".yml")):
+        data["genome"] = fix(data["genome"])
+    fits = []
+    for e in data.get("fitness") or []:
+        e = dict(e) if isinstance(e, dict) else e
+        if isinstance(e, dict) and isinstance(e.get("perplexity"), dict):
+            e["perplexity"] = {**e["perplexity"], "files": [fix(f) for f in e["perplexity"].get("files", [])]}
+        if isinstance(e, dict) and isinstance(e.get("lm_eval"), dict) and e["lm_eval"].get("include_path"):
+            e["lm_eval"] = {**e["lm_eval"], "include_path": fix(e["lm_eval"]["include_path"])}
+        if isinstance(e, dict) and isinstance(e.get("python"), str) and ".py:" in e["python"]:
+            path, _, fn = e["python"].rpartition(":")
+            e["python"] = f"{fix(path)}:{fn}"
+        fits.append(e)
+    data["fitness"] = fits
+    return data
+
+
+def load_parents_config(source: "ParentsConfig | dict[str, Any] | str | os.PathLike") -> ParentsConfig:
+    """Validate ``parents.yaml`` (path, dict or model).
+
+    Raises:
+        RecipeError: unreadable file, invalid YAML, unknown key, bad value (naming the key).
+    """
+    if isinstance(source, ParentsConfig):
+        return source
+    where, data = "parents config", source
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        where = str(p)
+        if not p.exists():
+            raise RecipeError(f"{p}: no such file")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{p}: invalid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise RecipeError(f"{p}: must be a YAML mapping")
+        data = _resolve(data, p.resolve().parent)
+    try:
+        return ParentsConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msgs.append(f"unknown key {err['loc'][-1]!r} at {loc}" if err["type"] == "extra_forbidden"
+                        else f"{loc or 'config'}: {err['msg']}")
+        raise RecipeError(f"{where}: invalid: " + "; ".join(list(dict.fromkeys(msgs))[:5])) from None

@@ -1,0 +1,381 @@
+"""``darwin evolve``: CMA-ES over genomes, candidates merged and scored in memory.
+
+Run folder ``OUT/``:
+
+* ``run.json``: the validated configuration (a resumed run must match it);
+* ``mri.json``, ``mri.png``: the parents' MRI (when enabled);
+* ``baselines.json``: fitness of parent A, parent B and the uniform 0.5 linear merge;
+* ``history.jsonl``: one line per generation: every candidate's vector, genes, fitness per
+  component, error if it failed, seconds; the step size; the best so far;
+* ``fitness.png``: fitness per generation;
+* ``best_genome.yaml``, ``recipe.yaml`` (``darwin merge recipe.yaml -o X`` rebuilds the child bit
+  for bit), ``health.json``, ``child/`` (HF folder with model card and ``lineage.json``).
+
+Resume: the CMA-ES state is rebuilt by replaying ``history.jsonl`` through ask/tell with the
+same seed (no pickles). The numpy random stream that CMA-ES draws from is saved and restored
+around every ``ask`` so that fitness code using numpy cannot perturb it; a resumed run therefore
+continues exactly where the killed one stopped and ends with the same result as an unbroken run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from darwin.errors import DarwinError, OutputExistsError, RecipeError
+from darwin.genome.decode import PairLayout, decode, pair_layout, start_vector, vector_to_values
+from darwin.genome.spec import GenomeSpec, load_genome
+from darwin.io.checkpoint import Checkpoint
+from darwin.io.writer import atomic_output_dir
+from darwin.plan.execute import execute
+from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+from darwin.plan.planner import parse_dtype
+from darwin.plan.run import write_child
+from darwin.search.config import ParentsConfig, load_parents_config
+from darwin.search.plot import plot_history
+from darwin.search.resident import ResidentModel
+from darwin.search.scoring import build_fitness
+
+log = logging.getLogger("darwin.evolve")
+FAILED_LOSS = 1e30  # CMA-ES minimises; a failed candidate ranks last (CMA-ES is rank-based)
+
+
+@dataclass
+class EvolveResult:
+    """Outcome of a run.
+
+    Attributes:
+        out_dir: the run folder.
+        best: the best candidate record (vector, genes, fitness, components).
+        baselines: name → fitness of parent A, parent B and the uniform merge.
+        history: all generation records.
+        child_dir: the written child folder (None when ``write_outputs=False``).
+    """
+
+    out_dir: Path
+    best: dict[str, Any]
+    baselines: dict[str, dict[str, Any]]
+    history: list[dict[str, Any]]
+    child_dir: Path | None
+
+
+# ----------------------------------------------------------------------------- baseline plans
+def fixed_plan(layout: PairLayout, kind: str) -> MergePlan:
+    """Plan for a baseline: ``"A"`` or ``"B"`` (copy that parent) or ``"uniform"`` (linear 0.5/0.5)."""
+    tasks = []
+    for s in layout.slots:
+        a, b = Source(layout.a, s.a), Source(layout.b, s.b)
+        if kind == "uniform":
+            tasks.append(TensorTask(s.name, s.shape, "linear", [a, b], None, {"normalize": True},
+                                    {"weight": [0.5, 0.5]}, None, s.role.component, s.role.layer))
+        else:
+            tasks.append(TensorTask(s.name, s.shape, "passthrough", [a if kind == "A" else b], None, {},
+                                    {"scale": [1.0]}, None, s.role.component, s.role.layer, "transplant"))
+    return MergePlan(tasks, layout.models, layout.a, layout.config, layout.out_dtype, layout.tied, layout.a,
+                     report=[ReportRow(t.out_name, t.action) for t in tasks], method=f"baseline:{kind}")
+
+
+# ----------------------------------------------------------------------------- run-folder files
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Records of ``history.jsonl``; a torn last line (killed mid-write) is dropped."""
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise DarwinError(f"{path}: line {i + 1} is corrupt") from None
+    return out
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prepare_out(out: Path, cfg: ParentsConfig, resume: bool, force: bool) -> None:
+    run_file = out / "run.json"
+    snapshot = json.loads(cfg.model_dump_json())
+    if resume:
+        if not run_file.exists():
+            raise DarwinError(f"{out}: nothing to resume (no run.json)")
+        if json.loads(run_file.read_text()) != snapshot:
+            raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with; "
+                              "resume needs the same parents.yaml")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{out}: run folder exists; pass --resume to continue it or --force to restart")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(run_file, json.dumps(snapshot, indent=2))
+
+
+# ----------------------------------------------------------------------------- MRI
+def _mri_ratios(cfg: ParentsConfig, out: Path, layout: PairLayout, device: str) -> dict[str, float] | None:
+    if not cfg.mri.enabled:
+        return None
+    mri_file = out / "mri.json"
+    if mri_file.exists():
+        return json.loads(mri_file.read_text())["r_mri"]
+    from darwin.mri.report import heatmap, mri_document
+    from darwin.mri.run import pair_r_mri
+    from darwin.mri.scan import scan_model
+
+    fams = tuple(cfg.mri.probes)
+    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    scans = {"A": scan_model(layout.a, families=fams, device=dev), "B": scan_model(layout.b, families=fams, device=dev)}
+    r = pair_r_mri(scans["A"], scans["B"], cfg.mri.weights.static, cfg.mri.weights.probe)
+    doc = mri_document(scans, r, cfg.mri.weights.static, cfg.mri.weights.probe)
+    _write_text_atomic(mri_file, json.dumps(doc, indent=1))
+    heatmap(scans, out / "mri.png")
+    return r
+
+
+# ----------------------------------------------------------------------------- the search
+class _Search:
+    """CMA-ES with a protected numpy random stream (see module doc)."""
+
+    def __init__(self, x0: list[float], sigma0: float, popsize: int, seed: int):
+        import cma
+
+        saved = np.random.get_state()
+        self.es = cma.CMAEvolutionStrategy(x0, sigma0, {"popsize": popsize, "seed": seed + 1, "verbose": -9,
+                                                        "tolfun": 0, "tolx": 0, "tolfunhist": 0,
+                                                        "tolstagnation": 10**9, "tolflatfitness": 10**9})
+        self.rng = np.random.get_state()
+        np.random.set_state(saved)
+
+    def ask(self) -> list[list[float]]:
+        saved = np.random.get_state()
+        np.random.set_state(self.rng)
+        xs = self.es.ask()
+        self.rng = np.random.get_state()
+        np.random.set_state(saved)
+        return [list(map(float, x)) for x in xs]
+
+    def tell(self, xs: list[list[float]], fitness: list[float | None]) -> None:
+        losses = [FAILED_LOSS if f is None else -f for f in fitness]
+        saved = np.random.get_state()
+        np.random.set_state(self.rng)
+        self.es.tell([np.asarray(x) for x in xs], losses)
+        self.rng = np.random.get_state()
+        np.random.set_state(saved)
+
+
+def _evaluate(resident: ResidentModel, plan: MergePlan, fitness) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        score = resident.score(plan, fitness)
+        rec = {"fitness": score.total, "components": score.components, "error": None}
+    except Exception as e:  # any failure scores worst and is logged with its genome
+        rec = {"fitness": None, "components": {}, "error": f"{type(e).__name__}: {e}"}
+    rec["seconds"] = round(time.perf_counter() - t0, 4)
+    return rec
+
+
+def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike, *,
+           resume: bool = False, force: bool = False, fitness=None, progress: bool = True,
+           write_outputs: bool = True) -> EvolveResult:
+    """Search merges of two parents with CMA-ES (Python API of ``darwin evolve``).
+
+    Args:
+        config: ``parents.yaml`` path, dict or :class:`ParentsConfig`.
+        out_dir: run folder (see module doc).
+        resume: continue a killed run in ``out_dir`` (same configuration required).
+        force: restart from scratch if ``out_dir`` holds a previous run.
+        fitness: a callable ``(model, tokenizer) -> float | Score`` replacing the configured
+            fitness entries (they are still validated).
+        progress: rich progress bar.
+        write_outputs: write the child, recipe, health check (off for quick experiments).
+
+    Returns:
+        an :class:`EvolveResult`.
+
+    Raises:
+        RecipeError, CheckpointError, CompatibilityError, OutputExistsError, DarwinError.
+    """
+    cfg = load_parents_config(config)
+    if len(cfg.parents) != 2:
+        raise RecipeError(f"the genome decoders breed two parents; got {len(cfg.parents)} "
+                          "(merge others first with darwin merge, or evolve pairwise)")
+    out = Path(out_dir).expanduser().resolve()
+    _prepare_out(out, cfg, resume, force)
+    dtype = parse_dtype(cfg.dtype, "dtype")
+    refs = cfg.parents + ([cfg.base] if cfg.base else [])
+    ckpts = {r: Checkpoint(r) for r in refs}
+    layout = pair_layout(ckpts, cfg.parents[0], cfg.parents[1], cfg.base, dtype)
+    spec = load_genome(cfg.genome)
+    genes = spec.expand(layout.num_layers)
+    r_mri = _mri_ratios(cfg, out, layout, cfg.device)
+    needed = {r: sorted({getattr(s, k) for s in layout.slots for k, ref in
+                         (("a", layout.a), ("b", layout.b), ("base", layout.base)) if ref == r})
+              for r in refs}
+    resident = ResidentModel(ckpts, layout.a, dtype=dtype, device=cfg.device, tensors=needed)
+    fit = fitness if fitness is not None else build_fitness(cfg.fitness)
+    fit = _as_score_fn(fit)
+    seed = cfg.search.seed
+
+    def plan_of(x: list[float]) -> tuple[dict[str, float], MergePlan]:
+        values = vector_to_values(spec, x, layout.num_layers)
+        return values, decode(spec, values, layout, r_mri=r_mri, seed=seed)
+
+    resident.check_plan(plan_of(start_vector(spec, layout.num_layers))[1])
+
+    base_file = out / "baselines.json"
+    if base_file.exists():
+        baselines = json.loads(base_file.read_text())
+    else:
+        baselines = {}
+        for kind, name in (("A", "parent A"), ("B", "parent B"), ("uniform", "uniform 0.5")):
+            baselines[name] = _evaluate(resident, fixed_plan(layout, kind), fit)
+        _write_text_atomic(base_file, json.dumps(baselines, indent=2))
+
+    popsize = cfg.search.popsize(len(genes))
+    n_gen = cfg.search.num_generations(len(genes))
+    search = _Search(start_vector(spec, layout.num_layers), cfg.search.sigma0, popsize, seed)
+    hist_file = out / "history.jsonl"
+    history = read_history(hist_file)
+    if history and hist_file.read_text().count("\n") != len(history):  # drop a torn last line
+        _write_text_atomic(hist_file, "".join(json.dumps(h) + "\n" for h in history))
+    for rec in history:  # replay: rebuild the exact CMA-ES state
+        xs = search.ask()
+        stored = [c["x"] for c in rec["candidates"]]
+        if len(xs) != len(stored) or not np.allclose(xs, stored, rtol=0, atol=1e-12):
+            raise DarwinError(f"{hist_file}: generation {rec['generation']} does not replay with this seed "
+                              "and configuration")
+        search.tell(stored, [c["fitness"] for c in rec["candidates"]])
+
+    best = _best(history)
+    t_start = time.perf_counter()
+    with Progress(TextColumn("[bold]gen {task.fields[gen]}/{task.fields[n_gen]}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("best {task.fields[best]}"), TimeRemainingColumn(),
+                  disable=not progress, transient=False) as bar:
+        job = bar.add_task("evolve", total=n_gen * popsize, completed=len(history) * popsize, gen=len(history),
+                           n_gen=n_gen, best=_fmt(best))
+        for g in range(len(history), n_gen):
+            xs = search.ask()
+            cands = []
+            for x in xs:
+                values, plan = plan_of(x)
+                rec = {"x": x, "genes": values, **_evaluate(resident, plan, fit)}
+                if rec["error"]:
+                    log.warning("candidate failed (%s) with genome %s", rec["error"], values)
+                cands.append(rec)
+                bar.update(job, advance=1, gen=g + 1)
+            search.tell(xs, [c["fitness"] for c in cands])
+            record = {"generation": g, "candidates": cands, "sigma": float(search.es.sigma),
+                      "elapsed_s": round(time.perf_counter() - t_start, 3)}
+            gbest = _best([record])
+            if gbest and (best is None or gbest["fitness"] > best["fitness"]):
+                best = gbest
+            record["best_so_far"] = best["fitness"] if best else None
+            _append_jsonl(hist_file, record)
+            history.append(record)
+            plot_history(history, {k: v["fitness"] for k, v in baselines.items()}, out / "fitness.png")
+            bar.update(job, best=_fmt(best))
+    if best is None:
+        raise DarwinError("every candidate failed; see history.jsonl for the errors")
+    child_dir = None
+    if write_outputs:
+        child_dir = _write_outputs(out, cfg, spec, layout, ckpts, resident, best, baselines, r_mri, seed)
+    return EvolveResult(out, best, baselines, history, child_dir)
+
+
+def _as_score_fn(fn):
+    from darwin.fitness.base import CombinedFitness, Component, Score
+
+    if isinstance(fn, CombinedFitness):
+        return fn
+
+    def wrapped(model, tok):
+        v = fn(model, tok)
+        return v if isinstance(v, Score) else CombinedFitness([Component("custom", lambda m, t: v)])(model, tok)
+    return wrapped
+
+
+def _best(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    best = None
+    for rec in history:
+        for c in rec["candidates"]:
+            if c.get("fitness") is not None and (best is None or c["fitness"] > best["fitness"]):
+                best = {**c, "generation": rec["generation"]}
+    return best
+
+
+def _fmt(best: dict[str, Any] | None) -> str:
+    return "-" if best is None else f"{best['fitness']:.5g}"
+
+
+def read_lineage(folder: Path) -> dict[str, Any]:
+    """A parent's lineage (its ``lineage.json`` if darwin made it, else just its reference)."""
+    p = Path(folder) / "lineage.json"
+    if p.exists():
+        return json.loads(p.read_text())
+    return {"model": str(folder)}
+
+
+def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: PairLayout, ckpts, resident,
+                   best: dict[str, Any], baselines: dict[str, Any], r_mri, seed: int) -> Path:
+    from darwin.mri.health import health_check
+    from darwin.mri.probe import load_probes
+
+    values = best["genes"]
+    _write_text_atomic(out / "best_genome.yaml", yaml.safe_dump(
+        {"genome": spec.name, "fitness": best["fitness"], "components": best["components"],
+         "generation": best["generation"], "values": values}, sort_keys=False))
+    recipe = {"genome": spec.source or spec.name, "parents": [layout.a, layout.b], "base": layout.base,
+              "values": values, "mri": r_mri, "dtype": cfg.dtype, "seed": seed}
+    _write_text_atomic(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+    plan = decode(spec, values, layout, r_mri=r_mri, seed=seed)
+
+    # health check: the resident model holds the child; parents load from disk
+    from transformers import AutoModelForCausalLM
+
+    resident.load_plan(plan)
+    dev = resident.device
+    pa = AutoModelForCausalLM.from_pretrained(ckpts[layout.a].path, dtype=resident.dtype).to(dev).eval()
+    pb = AutoModelForCausalLM.from_pretrained(ckpts[layout.b].path, dtype=resident.dtype).to(dev).eval()
+    prompts = [p for ps in load_probes(tuple(cfg.mri.probes)).values() for p in ps[:3]]
+    health = health_check(resident.model, pa, pb, resident.tokenizer, prompts, layout.num_layers)
+    del pa, pb
+    _write_text_atomic(out / "health.json", json.dumps(health, indent=2))
+
+    lineage = {"model": "child", "method": f"darwin evolve ({spec.name})", "fitness": best["fitness"],
+               "genes": values, "parents": [read_lineage(ckpts[r].path) for r in layout.models]}
+    rows = [f"| {k} | {v['fitness']:.5g} |" if v["fitness"] is not None else f"| {k} | failed |"
+            for k, v in baselines.items()]
+    table = "\n".join(["## Fitness", "", "| model | fitness |", "|---|---|", *rows,
+                       f"| **evolved child** | **{best['fitness']:.5g}** |"])
+    flags = health["flags"] or ["none"]
+    sections = [table, "## Health check", "", f"finite: {health['finite']}; flags: " + "; ".join(flags),
+                "## Lineage", "", "```json", json.dumps(lineage, indent=1), "```"]
+    with atomic_output_dir(out / "child", force=True) as tmp:
+        write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9,
+                    card_sections=sections)
+        (Path(tmp) / "lineage.json").write_text(json.dumps(lineage, indent=1))
+    return out / "child"

@@ -1,0 +1,71 @@
+"""In-memory candidate evaluation: parents stay resident, one model object is rewritten in place.
+
+A candidate is merged with the same batched executor as ``darwin merge`` but from parent tensors
+already in memory (float32, on the search device) straight into the parameters of one resident
+model (``copy_``): no disk I/O per candidate and no model re-instantiation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from darwin.errors import CompatibilityError
+from darwin.io.checkpoint import Checkpoint
+from darwin.plan.execute import execute, resolve_device
+from darwin.plan.plan import MergePlan
+
+
+class ResidentModel:
+    """Parents in memory plus one resident model that candidates are written into.
+
+    Args:
+        checkpoints: parent reference → opened checkpoint (every model a plan may read).
+        model_ref: folder the resident model is instantiated from (normally parent A).
+        dtype: resident model dtype (child tensors are cast to it).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``…
+        tensors: restrict the resident parent tensors to these names per parent (default: all).
+    """
+
+    def __init__(self, checkpoints: Mapping[str, Checkpoint], model_ref: str, *, dtype: torch.dtype = torch.float32,
+                 device: str = "auto", tensors: Mapping[str, list[str]] | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.parents: dict[str, dict[str, torch.Tensor]] = {}
+        for ref, ck in checkpoints.items():
+            names = tensors[ref] if tensors is not None else ck.tensor_names
+            self.parents[ref] = {n: ck.get(n).to(self.device, torch.float32) for n in names}
+        path = checkpoints[model_ref].path
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.state = self.model.state_dict(keep_vars=True)
+
+    def check_plan(self, plan: MergePlan) -> None:
+        """Every child tensor of ``plan`` exists in the resident model with the same shape.
+
+        Raises:
+            CompatibilityError: naming the first tensor that does not fit.
+        """
+        for t in plan.tasks:
+            p = self.state.get(t.out_name)
+            if p is None:
+                raise CompatibilityError(f"child tensor {t.out_name!r} has no parameter in the resident model")
+            if tuple(p.shape) != tuple(t.shape):
+                raise CompatibilityError(f"child tensor {t.out_name!r}: shape {list(t.shape)} vs resident "
+                                         f"{list(p.shape)}")
+
+    @torch.no_grad()
+    def load_plan(self, plan: MergePlan, batch_bytes: int | None = None) -> None:
+        """Merge ``plan`` from the resident parents into the resident model's parameters."""
+        for name, tensor in execute(plan, self.parents, device=self.device, batch_bytes=batch_bytes,
+                                    out_dtype=self.dtype, to_cpu=False):
+            self.state[name].copy_(tensor)
+
+    def score(self, plan: MergePlan, fitness) -> Any:
+        """Load ``plan`` and return ``fitness(model, tokenizer)``."""
+        self.load_plan(plan)
+        return fitness(self.model, self.tokenizer)

@@ -1,0 +1,31 @@
+"""Build the combined fitness from ``parents.yaml`` entries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from darwin.fitness.base import CombinedFitness, Component
+from darwin.fitness.perplexity import PerplexityFitness
+from darwin.fitness.python import load_callable
+from darwin.search.config import FitnessEntry
+
+
+def build_component(entry: FitnessEntry) -> Component:
+    """One fitness component from a config entry (named after its kind and data)."""
+    if entry.kind == "perplexity":
+        p = entry.perplexity
+        fn: Callable[[Any, Any], float] = PerplexityFitness(p.files, p.max_tokens, p.window, p.batch_size)
+        return Component("perplexity", fn, entry.weight)
+    if entry.kind == "lm_eval":
+        from darwin.fitness.lm_eval import LmEvalFitness
+
+        e = entry.lm_eval
+        return Component("lm_eval:" + ",".join(e.tasks),
+                         LmEvalFitness(e.tasks, e.include_path, e.limit, e.metric, e.batch_size), entry.weight)
+    return Component(f"python:{entry.python}", load_callable(entry.python), entry.weight)
+
+
+def build_fitness(entries: list[FitnessEntry]) -> CombinedFitness:
+    """Weighted sum of all entries."""
+    return CombinedFitness([build_component(e) for e in entries])

@@ -1,0 +1,46 @@
+"""Python fitness functions used by the evolve tests (loaded as ``file.py:function``)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from safetensors.torch import load_file
+
+_TARGET: dict[str, torch.Tensor] = {}
+_CALLS = [0]
+
+
+def _target() -> dict[str, torch.Tensor]:
+    if not _TARGET:
+        a = load_file(os.path.join(os.environ["DARWIN_TEST_A"], "model.safetensors"))
+        b = load_file(os.path.join(os.environ["DARWIN_TEST_B"], "model.safetensors"))
+        _TARGET.update({k: 0.7 * a[k].float() + 0.3 * b[k].float() for k in a})
+    return _TARGET
+
+
+def distance_to_target(model, tokenizer) -> float:
+    """Minus the L2 distance of the model's weights to 0.7·A + 0.3·B (optimum 0).
+
+    With DARWIN_TEST_KILL_AFTER=N the process dies hard (os._exit) on the N-th call, like a
+    killed run.
+    """
+    _CALLS[0] += 1
+    kill = os.environ.get("DARWIN_TEST_KILL_AFTER")
+    if kill and _CALLS[0] >= int(kill):
+        os._exit(9)
+    sd = model.state_dict()
+    sq = sum(float(((sd[k].float() - t) ** 2).sum()) for k, t in _target().items())
+    return -math.sqrt(sq)
+
+
+def fails_when_b_heavy(model, tokenizer) -> float:
+    """Raises for some candidates and returns NaN for others, to test failure handling."""
+    w = model.state_dict()["model.layers.0.mlp.up_proj.weight"]
+    s = float(w.float().sum())
+    if s > 0 and int(abs(s) * 1e4) % 3 == 0:
+        raise RuntimeError("synthetic failure")
+    if int(abs(s) * 1e4) % 3 == 1:
+        return float("nan")
+    return -abs(s)
