@@ -130,8 +130,8 @@ def build_demo_models(out_dir: str | os.PathLike, *, seed: int = 0, force: bool 
         tok = build_tokenizer()
         base = LlamaForCausalLM(tiny_llama_config()).eval()
         save_model(base, paths["base"], tok)
-        save_model(perturbed(base, 0.02, seed + 1), paths["parent_a"], tok)
-        save_model(perturbed(base, 0.02, seed + 2), paths["parent_b"], tok)
+        save_model(perturbed(base, 0.001, seed + 1), paths["parent_a"], tok)
+        save_model(perturbed(base, 0.001, seed + 2), paths["parent_b"], tok)
     for name, text in RECIPES.items():
         p = out / name
         p.write_text(text.format(base=paths["base"], a=paths["parent_a"], b=paths["parent_b"]))
