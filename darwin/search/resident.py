@@ -41,7 +41,9 @@ class ResidentModel:
             self.parents[ref] = {n: ck.get(n).to(self.device, torch.float32) for n in names}
         path = checkpoints[model_ref].path
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # a checkpoint without tokenizer files can still be scored by tokenizer-free fitnesses
+        has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+        self.tokenizer = AutoTokenizer.from_pretrained(path) if has_tok else None
         self.state = self.model.state_dict(keep_vars=True)
 
     def check_plan(self, plan: MergePlan) -> None:
