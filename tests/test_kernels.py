@@ -277,3 +277,9 @@ def test_breadcrumbs_mask_size(n, density, gamma):
         # the ⌊γ·n⌋ largest magnitudes are never kept
         top = torch.topk(d.abs().flatten(), max(math.floor(gamma * n), 0)).indices
         assert m.flatten()[top].sum() == 0
+
+
+def test_magnitude_mask_keeps_all_ties_at_threshold():
+    # k = 2, but three elements share the 2nd-largest magnitude: all are kept (order-independent)
+    d = T([[[1.0, -1.0, 1.0, 0.5]]])
+    assert magnitude_mask(d, T([[0.5]])).tolist() == [[[1.0, 1.0, 1.0, 0.0]]]

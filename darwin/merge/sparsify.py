@@ -48,26 +48,27 @@ def _full_or_empty(delta: torch.Tensor, density: torch.Tensor, mask: torch.Tenso
 def magnitude_mask(delta: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
     """Keep the ``k = max(1, ⌊ρ·n⌋)`` largest-magnitude elements of each task vector (TIES trim).
 
+    The threshold is the k-th largest magnitude (``kthvalue``, a selection, not a sort, and no
+    index tensor); every element at or above it is kept, so magnitudes tied with the k-th are all
+    kept: a deterministic, order-independent rule (an argsort keeps an arbitrary subset of ties).
+    For distinct magnitudes exactly k elements are kept.
+
     Args:
         delta: ``[B, N, n]`` float32 task vectors.
         density: ``[B, N]`` fraction kept; ``ρ >= 1`` keeps all, ``ρ <= 0`` keeps none.
 
     Returns:
-        ``[B, N, n]`` float32 0/1 mask. Uses ``topk`` per distinct k, never a full argsort.
-        Source: TIES-Merging, arXiv 2306.01708, "trim".
+        ``[B, N, n]`` float32 0/1 mask. Source: TIES-Merging, arXiv 2306.01708, "trim".
     """
     B, N, n = delta.shape
     flat, dens = delta.reshape(B * N, n).abs(), density.reshape(B * N)
     ks = torch.clamp((dens.double() * n).floor().long(), min=1, max=n)
-    uniq = torch.unique(ks).tolist()
-    if len(uniq) == 1:  # the common case: one topk call over all rows, no row gathers
-        mask = torch.zeros_like(flat).scatter_(-1, torch.topk(flat, uniq[0], dim=-1, sorted=False).indices, 1.0)
-    else:
-        mask = torch.zeros_like(flat)
-        for k in uniq:
-            rows = (ks == k).nonzero(as_tuple=True)[0]
-            idx = torch.topk(flat[rows], k, dim=-1, sorted=False).indices
-            mask[rows] = torch.zeros_like(flat[rows]).scatter_(-1, idx, 1.0)
+    thr = torch.empty(B * N, 1, dtype=flat.dtype, device=flat.device)
+    for k in torch.unique(ks).tolist():  # one selection per distinct k (normally one)
+        rows = (ks == k).nonzero(as_tuple=True)[0]
+        sel = flat if rows.numel() == B * N else flat[rows]
+        thr[rows] = torch.kthvalue(sel, n - k + 1, dim=-1, keepdim=True).values
+    mask = (flat >= thr).to(delta.dtype)
     return _full_or_empty(delta, density, mask.reshape(B, N, n))
 
 

@@ -99,17 +99,6 @@ def _coerce(spec: MethodSpec, name: str, value: Any, where: str) -> Any:
         raise RecipeError(f"{where}: parameter {name!r} must be {p.kind.__name__}, got {value!r}") from None
 
 
-def _source_name(ckpt_map: ArchMap, ckpt: Checkpoint, name: str, out_tied: bool) -> str | None:
-    """Stored name that provides ``name`` in this parent, following tied embeddings."""
-    if name in ckpt:
-        return name
-    role = ckpt_map.roles.get(name) or None
-    if (name == ckpt_map.head_name or (role and role.component == "head")) and ckpt_map.tied \
-            and not out_tied and ckpt_map.embed_name:
-        return ckpt_map.embed_name
-    return None
-
-
 def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
     """Build the merge plan for ``recipe`` over already opened ``checkpoints``.
 
@@ -216,7 +205,7 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
         base_ref = (sl.base_model or base_global) if spec.base != "unused" else None
         if base_ref is not None and base_ref not in [m for m, _ in pairs]:
             pairs = pairs + [(base_ref, base_name)]
-        return [(m, _source_name(maps[m], checkpoints[m], name, out_tied)) for m, name in pairs]
+        return [(m, maps[m].stored_name(name, checkpoints[m], out_tied)) for m, name in pairs]
 
     ref_map = maps[reference]
 
