@@ -283,3 +283,20 @@ def test_magnitude_mask_keeps_all_ties_at_threshold():
     # k = 2, but three elements share the 2nd-largest magnitude: all are kept (order-independent)
     d = T([[[1.0, -1.0, 1.0, 0.5]]])
     assert magnitude_mask(d, T([[0.5]])).tolist() == [[[1.0, 1.0, 1.0, 0.0]]]
+
+
+def test_darwin_blend_without_base_equals_base_a():
+    from darwin.merge.blend import darwin_blend
+
+    x = _rand(3, 2, 500, seed=21)
+    r, lam = T([0.3, 0.5, 0.8]), T([0.2, 0.0, 0.6])
+    dens = torch.tensor([[0.9, 0.7]] * 3, dtype=torch.float64)
+    seeds = [[1, 2], [3, 4], [5, 6]]
+    for rescale in ("l1", "paper"):
+        fast = darwin_blend(x, None, r, lam, dens, seeds, rescale)
+        general = darwin_blend(x, x[:, 0].clone(), r, lam, dens, seeds, rescale)
+        assert torch.allclose(fast, general, atol=1e-6)
+    # λ = 1: pure SLERP; λ = 0, ρ = 1: exact linear interpolation A + r(B − A)
+    assert torch.allclose(darwin_blend(x, None, r, torch.ones(3), dens, seeds), slerp(x, r))
+    lin = darwin_blend(x, None, r, torch.zeros(3), torch.ones(3, 2, dtype=torch.float64), seeds)
+    assert torch.allclose(lin, x[:, 0] + r.unsqueeze(-1) * (x[:, 1] - x[:, 0]), atol=1e-6)

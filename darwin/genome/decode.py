@@ -232,7 +232,7 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
                                     s.role.component, s.role.layer, "transplant"))
             report.append(ReportRow(s.name, "transplant", f"r={r:.3f} → {'A' if src is a_src else 'B'}"))
             continue
-        base_src = Source(layout.base, s.base) if layout.base else a_src
+        base_src = Source(layout.base, s.base) if layout.base else None  # None: θ₀ = A (see blend.py)
         tasks.append(TensorTask(s.name, s.shape, "darwin_blend", [a_src, b_src], base_src,
                                 {"t": r, "lambda": lam, "rescale": opt.rescale}, {"density": list(dens)},
                                 [tensor_seed(seed, s.name, 0), tensor_seed(seed, s.name, 1)],

@@ -18,17 +18,20 @@ from collections.abc import Sequence
 import torch
 
 from darwin.merge.slerp import slerp
+from darwin.merge.sparsify import random_drop
 from darwin.merge.task_arithmetic import task_vector_merge
 
 
-def darwin_blend(x: torch.Tensor, base: torch.Tensor, r: torch.Tensor, lam: torch.Tensor,
+def darwin_blend(x: torch.Tensor, base: torch.Tensor | None, r: torch.Tensor, lam: torch.Tensor,
                  density: torch.Tensor, seeds: Sequence[Sequence[int]] | None,
                  rescale: str | None = "l1") -> torch.Tensor:
     """Blend parents A and B per tensor.
 
     Args:
         x: ``[B, 2, *S]`` float32: parent A, parent B.
-        base: ``[B, *S]`` float32: the base model, or parent A again when there is none.
+        base: ``[B, *S]`` float32 base model, or None: then θ₀ = A, A's task vector is zero and
+            the term is computed directly as ``A + r·DARE(B − A)`` (same result as the general
+            path, half the random draws, no sign election).
         r: ``[B]`` fraction taken from B (0 → A, 1 → B).
         lam: ``[B]`` merge-method weight λ (1 → pure SLERP, 0 → pure DARE-TIES).
         density: ``[B, 2]`` DARE keep probabilities ρ_A, ρ_B (float64 or float32).
@@ -42,7 +45,13 @@ def darwin_blend(x: torch.Tensor, base: torch.Tensor, r: torch.Tensor, lam: torc
     lam_b = lam.reshape((-1,) + (1,) * (x.dim() - 2))
     if bool((lam >= 1).all()):
         return s
-    w = torch.stack([1 - r, r], 1)
-    dt = task_vector_merge(x, base, "dare_ties", weight=w, density=density, normalize=False,
-                           rescale=rescale, seeds=seeds)
+    if base is None:
+        a = x[:, 0]
+        d = (x[:, 1] - a).reshape(x.shape[0], 1, -1)
+        kept = random_drop(d, density[:, 1:2], [[s[1]] for s in seeds], rescale).reshape(a.shape)
+        dt = a + r.reshape(lam_b.shape) * kept
+    else:
+        w = torch.stack([1 - r, r], 1)
+        dt = task_vector_merge(x, base, "dare_ties", weight=w, density=density, normalize=False,
+                               rescale=rescale, seeds=seeds)
     return lam_b * s + (1 - lam_b) * dt

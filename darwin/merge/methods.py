@@ -156,7 +156,7 @@ METHODS: dict[str, MethodSpec] = {
                          Param("lambda", "shared", float, 1.0, doc="SLERP share λ (rest: DARE-TIES)"),
                          Param("density", "parent", float, 1.0, doc="DARE keep probability ρ"),
                          _rescale_param(True)),
-        base="required", min_parents=2, max_parents=2, paper="darwin genome kernel (docs/genome.md)", random=True,
+        base="optional", min_parents=2, max_parents=2, paper="darwin genome kernel (docs/genome.md)", random=True,
         kernel=lambda x, base, shared, parent, seeds: darwin_blend(
             x, base, shared["t"], shared["lambda"], parent["density"], seeds,
             normalize_rescale(shared.get("rescale", "l1")))),
