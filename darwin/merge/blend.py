@@ -48,7 +48,7 @@ def darwin_blend(x: torch.Tensor, base: torch.Tensor | None, r: torch.Tensor, la
     if base is None:
         a = x[:, 0]
         d = (x[:, 1] - a).reshape(x.shape[0], 1, -1)
-        kept = random_drop(d, density[:, 1:2], [[s[1]] for s in seeds], rescale).reshape(a.shape)
+        kept = random_drop(d, density[:, 1:2], [[s[1]] for s in seeds], rescale, inplace=True).reshape(a.shape)
         dt = a + r.reshape(lam_b.shape) * kept
     else:
         w = torch.stack([1 - r, r], 1)

@@ -27,13 +27,12 @@ RESCALES = ("paper", "l1", None)
 _EPS = 1e-7
 
 
-def _l1_match(delta: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """Scale ``masked`` [B, N, n] so each row's L1 norm equals that of ``delta``'s row."""
-    before = delta.abs().sum(-1, keepdim=True)
+def _l1_match(before: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Scale ``masked`` [B, N, n] in place so each row's L1 norm equals ``before`` [B, N, 1]."""
     after = masked.abs().sum(-1, keepdim=True)
     ok = (before >= _EPS) & (after >= _EPS)
     scale = torch.where(ok, before / torch.where(ok, after, torch.ones_like(after)), torch.ones_like(after))
-    return masked * scale
+    return masked.mul_(scale)
 
 
 def _full_or_empty(delta: torch.Tensor, density: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,8 +67,7 @@ def magnitude_mask(delta: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
         rows = (ks == k).nonzero(as_tuple=True)[0]
         sel = flat if rows.numel() == B * N else flat[rows]
         thr[rows] = torch.kthvalue(sel, n - k + 1, dim=-1, keepdim=True).values
-    mask = (flat >= thr).to(delta.dtype)
-    return _full_or_empty(delta, density, mask.reshape(B, N, n))
+    return _full_or_empty(delta, density, (flat >= thr).reshape(B, N, n))
 
 
 def band_mask(delta: torch.Tensor, density: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -110,7 +108,7 @@ def _uniforms(seeds: Sequence[Sequence[int]], n: int, device: torch.device) -> t
 
 
 def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequence[int]],
-                rescale: str | None) -> torch.Tensor:
+                rescale: str | None, inplace: bool = False) -> torch.Tensor:
     """DARE: keep each element with probability ρ, then rescale.
 
     Args:
@@ -118,6 +116,7 @@ def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequ
         density: ``[B, N]`` keep probability ρ.
         seeds: ``B × N`` integer seeds (see :func:`darwin.merge.seeds.tensor_seed`).
         rescale: ``"paper"`` (δ·m/ρ), ``"l1"`` (match the L1 norm) or ``None``.
+        inplace: write the result into ``delta``.
 
     Returns:
         ``[B, N, n]`` float32 sparsified task vectors. Source: DARE, arXiv 2311.03099.
@@ -125,8 +124,9 @@ def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequ
     _check_rescale(rescale)
     u = _uniforms(seeds, delta.shape[-1], delta.device)
     d = density.to(delta.dtype).unsqueeze(-1)
-    mask = _full_or_empty(delta, density, (u < d).to(delta.dtype))
-    return apply_rescale(delta, mask, d, rescale)
+    mask = _full_or_empty(delta, density, u < d)
+    del u
+    return apply_rescale(delta, mask, d, rescale, inplace=inplace)
 
 
 def della_drop(delta: torch.Tensor, density: torch.Tensor, epsilon: torch.Tensor,
@@ -158,7 +158,7 @@ def della_drop(delta: torch.Tensor, density: torch.Tensor, epsilon: torch.Tensor
     frac = ranks / max(row_len - 1, 1)
     p = (lo.reshape(B, N, 1, 1) + 2 * epsilon.reshape(B, N, 1, 1) * frac).reshape(B, N, n)
     u = _uniforms(seeds, n, delta.device)
-    mask = _full_or_empty(delta, density, (u < p).to(delta.dtype))
+    mask = _full_or_empty(delta, density, u < p)
     return apply_rescale(delta, mask, p, rescale)
 
 
@@ -167,13 +167,18 @@ def _check_rescale(rescale: str | None) -> None:
         raise ValueError(f"rescale must be one of {RESCALES}, got {rescale!r}")
 
 
-def apply_rescale(delta: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor, rescale: str | None) -> torch.Tensor:
-    """Apply ``mask`` [B, N, n] to ``delta`` and rescale (``prob`` broadcasts to ``[B, N, n]``)."""
+def apply_rescale(delta: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor, rescale: str | None,
+                  inplace: bool = False) -> torch.Tensor:
+    """Apply ``mask`` [B, N, n] (bool or 0/1) to ``delta`` and rescale (``prob`` broadcasts to ``[B, N, n]``).
+
+    With ``inplace`` the result is written into ``delta`` (for callers that own it: saves a
+    tensor-sized temporary on the hot path).
+    """
     _check_rescale(rescale)
-    masked = delta * mask
-    prob = prob.to(delta.dtype)
+    before = delta.abs().sum(-1, keepdim=True) if rescale == "l1" else None
+    masked = delta.mul_(mask) if inplace else delta * mask
     if rescale == "paper":
-        return masked / torch.clamp(prob, min=_EPS)
+        return masked.div_(torch.clamp(prob.to(delta.dtype), min=_EPS))
     if rescale == "l1":
-        return _l1_match(delta, masked)
+        return _l1_match(before, masked)
     return masked

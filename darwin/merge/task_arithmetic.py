@@ -61,17 +61,22 @@ def sparsify_deltas(delta: torch.Tensor, cfg: FamilyConfig, *, density: torch.Te
                     gamma: torch.Tensor | None = None, epsilon: torch.Tensor | None = None,
                     seeds: Sequence[Sequence[int]] | None = None, rescale: str | None = None,
                     row_len: int | None = None) -> torch.Tensor:
-    """Apply the method's trim step to flattened task vectors ``delta`` ``[B, N, n]`` (float32)."""
+    """Apply the method's trim step to flattened task vectors ``delta`` ``[B, N, n]`` (float32).
+
+    ``delta`` is overwritten (it is the caller's temporary); the result may be the same tensor.
+    """
     if cfg.sparsify is None:
         return delta
+    # delta is the caller's own temporary: sparsify it in place
     if cfg.sparsify == "magnitude":
-        return sp.apply_rescale(delta, sp.magnitude_mask(delta, density), density.unsqueeze(-1), rescale)
+        return sp.apply_rescale(delta, sp.magnitude_mask(delta, density), density.unsqueeze(-1), rescale, inplace=True)
     if cfg.sparsify == "band":
-        return sp.apply_rescale(delta, sp.band_mask(delta, density, gamma), density.unsqueeze(-1), rescale)
+        return sp.apply_rescale(delta, sp.band_mask(delta, density, gamma), density.unsqueeze(-1), rescale,
+                                inplace=True)
     if seeds is None:
         raise ValueError(f"{cfg.sparsify} sparsification needs per-tensor seeds")
     if cfg.sparsify == "random":
-        return sp.random_drop(delta, density, seeds, rescale)
+        return sp.random_drop(delta, density, seeds, rescale, inplace=True)
     if cfg.sparsify == "della":
         return sp.della_drop(delta, density, epsilon, seeds, rescale, row_len or delta.shape[-1])
     raise ValueError(f"unknown sparsification {cfg.sparsify!r}")
@@ -133,7 +138,7 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
     row_len = shape[-1] if len(shape) >= 1 else 1
     delta = sparsify_deltas(delta, cfg, density=density, gamma=gamma, epsilon=epsilon, seeds=seeds,
                             rescale=rescale, row_len=row_len)
-    mixed = elect_and_combine(delta * weight.unsqueeze(-1), weight, cfg.consensus, normalize)
+    mixed = elect_and_combine(delta.mul_(weight.unsqueeze(-1).to(delta.dtype)), weight, cfg.consensus, normalize)
     if lam is not None:
         mixed = mixed * lam.unsqueeze(-1)
     return base + mixed.reshape((B,) + tuple(shape))

