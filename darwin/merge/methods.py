@@ -112,7 +112,7 @@ def _run_family(method: str):
             x, base, method, weight=parent["weight"], density=parent.get("density"),
             lam=shared["lambda"], normalize=bool(shared["normalize"]),
             rescale=normalize_rescale(shared.get("rescale", False)), gamma=parent.get("gamma"),
-            epsilon=parent.get("epsilon"), seeds=seeds)
+            epsilon=parent.get("epsilon"), seeds=seeds, inplace=True)
     return kernel
 
 
@@ -182,5 +182,8 @@ def get_method(name: str) -> MethodSpec:
 def run_kernel(spec: MethodSpec, x: torch.Tensor, base: torch.Tensor | None,
                shared: dict[str, torch.Tensor | Any], parent: dict[str, torch.Tensor],
                seeds: Sequence[Sequence[int]] | None) -> torch.Tensor:
-    """Run ``spec``'s kernel on a batch (shapes as in the kernels: x ``[B, N, *S]``)."""
+    """Run ``spec``'s kernel on a batch (shapes as in the kernels: x ``[B, N, *S]``).
+
+    ``x`` must be the caller's own temporary: registered kernels may overwrite it.
+    """
     return spec.kernel(x, base, shared, parent, seeds)

@@ -63,10 +63,8 @@ def magnitude_mask(delta: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
     flat, dens = delta.reshape(B * N, n).abs(), density.reshape(B * N)
     ks = torch.clamp((dens.double() * n).floor().long(), min=1, max=n)
     thr = torch.empty(B * N, 1, dtype=flat.dtype, device=flat.device)
-    for k in torch.unique(ks).tolist():  # one selection per distinct k (normally one)
-        rows = (ks == k).nonzero(as_tuple=True)[0]
-        sel = flat if rows.numel() == B * N else flat[rows]
-        thr[rows] = torch.kthvalue(sel, n - k + 1, dim=-1, keepdim=True).values
+    for row in range(B * N):  # row by row: kthvalue copies its input, keep that copy one row long
+        thr[row] = torch.kthvalue(flat[row], n - int(ks[row]) + 1).values
     return _full_or_empty(delta, density, (flat >= thr).reshape(B, N, n))
 
 

@@ -87,19 +87,24 @@ def elect_and_combine(wdelta: torch.Tensor, weight: torch.Tensor, consensus: boo
     """Combine weighted task vectors ``wdelta = wᵢ·δ̃ᵢ`` ``[B, N, n]`` into ``[B, n]``.
 
     With ``consensus`` (TIES "elect" and "disjoint merge"): ``s = sign(Σᵢ wᵢδ̃ᵢ)`` (0 counts as +),
-    ``mᵢ = [sign(wᵢδ̃ᵢ) = s]``, result ``Σ mᵢwᵢδ̃ᵢ``, normalised by ``Σ mᵢwᵢ`` elementwise.
-    Without: ``Σ wᵢδ̃ᵢ``, normalised by ``Σ wᵢ``. Zero divisors are replaced by 1.
+    ``mᵢ = [sign(wᵢδ̃ᵢ) = s]`` (zeros never agree), result ``Σ mᵢwᵢδ̃ᵢ``, normalised by
+    ``Σ mᵢwᵢ`` elementwise. Without: ``Σ wᵢδ̃ᵢ``, normalised by ``Σ wᵢ``. Zero divisors become 1.
+    ``wdelta`` is overwritten (callers pass their own temporary); masks are bool, and the divisor
+    is accumulated parent by parent, so no further tensor of ``wdelta``'s size is allocated.
     """
-    w = weight.unsqueeze(-1)
+    w = weight.to(wdelta.dtype)
     if consensus:
-        elected = torch.where(wdelta.sum(1, keepdim=True) >= 0, 1.0, -1.0)
-        agree = wdelta * elected > 0  # sign(wᵢδ̃ᵢ) = s, zeros excluded
-        mixed = torch.where(agree, wdelta, 0.0).sum(1)
-        div = torch.where(agree, w, 0.0).sum(1)
+        positive = wdelta.sum(1, keepdim=True) >= 0
+        agree = (wdelta > 0) == positive
+        agree &= wdelta != 0
+        mixed = wdelta.mul_(agree).sum(1)
+        div = torch.zeros_like(mixed)
+        for i in range(wdelta.shape[1]):
+            div.add_(agree[:, i] * w[:, i:i + 1])
         div = torch.where(div == 0, torch.ones_like(div), div)
     else:
         mixed = wdelta.sum(1)
-        div = w.sum(1)
+        div = w.sum(1, keepdim=True)
         div = torch.where(div.abs() < _EPS, torch.ones_like(div), div)
     return mixed / div if normalize else mixed
 
@@ -108,7 +113,7 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
                       density: torch.Tensor | None = None, lam: torch.Tensor | None = None,
                       normalize: bool = False, rescale: str | None = None,
                       gamma: torch.Tensor | None = None, epsilon: torch.Tensor | None = None,
-                      seeds: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+                      seeds: Sequence[Sequence[int]] | None = None, inplace: bool = False) -> torch.Tensor:
     """Merge B tensors with one method of the task-vector family.
 
     ``θ = θ₀ + λ · combine(wᵢ · sparsify(θᵢ − θ₀))`` (see the module table).
@@ -125,6 +130,8 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
         gamma: ``[B, N]`` breadcrumbs outlier fraction.
         epsilon: ``[B, N]`` DELLA probability spread.
         seeds: ``B × N`` seeds for random masks.
+        inplace: ``x`` may be overwritten (the executor passes its own stacked copy; saves one
+            tensor-sized temporary).
 
     Returns:
         ``[B, *S]`` float32.
@@ -132,7 +139,7 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
     cfg = FAMILY[method]
     B, N = x.shape[:2]
     shape = x.shape[2:]
-    delta = (x - base.unsqueeze(1)).reshape(B, N, -1)
+    delta = (x.sub_(base.unsqueeze(1)) if inplace else x - base.unsqueeze(1)).reshape(B, N, -1)
     if density is None:
         density = torch.ones((B, N), dtype=x.dtype, device=x.device)
     row_len = shape[-1] if len(shape) >= 1 else 1

@@ -78,9 +78,17 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
     """
     spec = get_method(batch[0].method)
     f32 = dict(dtype=torch.float32, device=device)
-    x = torch.stack([torch.stack([load(s.model, s.tensor).to(**f32) for s in t.inputs]) for t in batch])
-    base = torch.stack([load(t.base.model, t.base.tensor).to(**f32) for t in batch]) \
-        if batch[0].base is not None else None
+    shape = batch[0].shape
+    # copy each input straight into its slot of the float32 batch: no per-tensor float32 copy, no stack
+    x = torch.empty((len(batch), len(batch[0].inputs), *shape), **f32)
+    for b, t in enumerate(batch):
+        for i, s in enumerate(t.inputs):
+            x[b, i].copy_(load(s.model, s.tensor))
+    base = None
+    if batch[0].base is not None:
+        base = torch.empty((len(batch), *shape), **f32)
+        for b, t in enumerate(batch):
+            base[b].copy_(load(t.base.model, t.base.tensor))
     shared: dict[str, Any] = {}
     for k, v in batch[0].shared.items():
         shared[k] = torch.tensor([t.shared[k] for t in batch], **f32) if isinstance(v, float) else v
