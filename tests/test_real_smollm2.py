@@ -73,7 +73,7 @@ def test_real_mri_and_evolve(real):
     assert len(doc["r_mri"]) == 272  # every stored tensor of SmolLM2 (tied head stored once)
 
     cfg = {"parents": [str(real["a"]), str(real["b"])], "base": str(ZOO), "genome": "darwin14",
-           "mri": {"enabled": True},
+           "mri": {"enabled": True, "probes": ["code", "language"]},
            "fitness": [{"perplexity": {"files": [str(real["data"] / "search_kjv.txt")], "max_tokens": 128,
                                        "window": 128}, "weight": 0.5},
                        {"perplexity": {"files": [str(real["data"] / "search_code.txt")], "max_tokens": 128,

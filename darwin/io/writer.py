@@ -70,6 +70,9 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Ite
     out = check_output_dir(out_dir, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder is as readable as any new folder
     try:
         yield tmp
     except BaseException:

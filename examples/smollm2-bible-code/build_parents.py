@@ -47,7 +47,7 @@ def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: i
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 10 == 0 or step == steps - 1:
             log(f"  [{label}] step {step + 1}/{steps} loss {losses[-1]:.3f} ({time.perf_counter() - t0:.0f} s)")
     model.eval()
