@@ -25,3 +25,22 @@ class CompatibilityError(DarwinError):
 
 class OutputExistsError(DarwinError):
     """The output folder exists and overwriting was not requested."""
+
+
+def describe_validation_error(where: str, what: str, err) -> RecipeError:
+    """A :class:`RecipeError` from a pydantic ``ValidationError``, naming each bad or unknown key.
+
+    Args:
+        where: the file (or "recipe") the data came from.
+        what: what was being read ("recipe", "genome", "parents config").
+        err: the ``pydantic.ValidationError``.
+    """
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "union[", "list[")))
+        if e["type"] == "extra_forbidden":
+            parent = loc.rsplit(".", 1)[0] if "." in loc else ""
+            lines.append(f"unknown key {e['loc'][-1]!r}" + (f" at {parent}" if parent else ""))
+        else:
+            lines.append(f"{loc or what}: {e['msg']}")
+    return RecipeError(f"{where}: invalid {what}: " + "; ".join(list(dict.fromkeys(lines))[:5]))

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from darwin.errors import RecipeError
+from darwin.errors import RecipeError, describe_validation_error
 from darwin.genome.decode import decode, pair_layout
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
@@ -64,9 +64,7 @@ def load_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
     try:
         rec = GenomeRecipe.model_validate(data)
     except ValidationError as e:
-        msgs = [f"unknown key {err['loc'][-1]!r}" if err["type"] == "extra_forbidden"
-                else f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise RecipeError(f"{where}: invalid genome recipe: " + "; ".join(msgs[:5])) from None
+        raise describe_validation_error(where, "genome recipe", e) from None
     if len(rec.parents) != 2:
         raise RecipeError(f"{where}: a genome recipe needs exactly two parents, got {len(rec.parents)}")
     return rec

@@ -16,7 +16,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from darwin.errors import RecipeError
+from darwin.errors import RecipeError, describe_validation_error
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 _EPS = 1e-4
@@ -117,9 +117,4 @@ def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
     try:
         return GenomeSpec.model_validate({**data, "source": str(p)})
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msgs.append(f"unknown key {err['loc'][-1]!r} at {loc}" if err["type"] == "extra_forbidden"
-                        else f"{loc}: {err['msg']}")
-        raise RecipeError(f"{p}: invalid genome: " + "; ".join(msgs[:5])) from None
+        raise describe_validation_error(str(p), "genome", e) from None

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from darwin.errors import RecipeError
+from darwin.errors import RecipeError, describe_validation_error
 
 Scalar = Union[bool, float, int, str]
 
@@ -136,18 +136,6 @@ class Recipe(_Strict):
         return list(dict.fromkeys(refs))
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "union[", "list[")))
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key {e['loc'][-1]!r}" + (f" at {loc.rsplit('.', 1)[0]}" if "." in loc else ""))
-        else:
-            lines.append(f"{loc or 'recipe'}: {e['msg']}")
-    uniq = list(dict.fromkeys(lines))
-    return f"{source}: invalid recipe: " + "; ".join(uniq[:5])
-
-
 def load_recipe(recipe: "Recipe | dict[str, Any] | str | os.PathLike") -> Recipe:
     """Load and validate a recipe from a YAML path, a YAML string, a dict or a Recipe.
 
@@ -183,7 +171,7 @@ def load_recipe(recipe: "Recipe | dict[str, Any] | str | os.PathLike") -> Recipe
     try:
         parsed = Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(_format_error(source, e)) from None
+        raise describe_validation_error(source, "recipe", e) from None
     if base_dir is not None:
         parsed = _resolve_paths(parsed, base_dir)
     return parsed

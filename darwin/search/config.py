@@ -31,7 +31,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from darwin.errors import RecipeError
+from darwin.errors import RecipeError, describe_validation_error
 from darwin.mri.probe import FAMILIES
 
 
@@ -203,9 +203,4 @@ def load_parents_config(source: "ParentsConfig | dict[str, Any] | str | os.PathL
     try:
         return ParentsConfig.model_validate(data)
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msgs.append(f"unknown key {err['loc'][-1]!r} at {loc}" if err["type"] == "extra_forbidden"
-                        else f"{loc or 'config'}: {err['msg']}")
-        raise RecipeError(f"{where}: invalid: " + "; ".join(list(dict.fromkeys(msgs))[:5])) from None
+        raise describe_validation_error(where, "parents config", e) from None
