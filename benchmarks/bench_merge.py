@@ -65,6 +65,24 @@ def build_parents(work: Path, n_parents: int = 3) -> list[Path]:
     return folders
 
 
+def real_parents() -> list[Path]:
+    """The SmolLM2 zoo base and the two fine-tuned specialists of examples/smollm2-bible-code (built if missing)."""
+    repo = HERE.parent
+    example = repo / "examples" / "smollm2-bible-code"
+    sys.path.insert(0, str(example))
+    from build_parents import build_parents
+    from data import write_splits
+
+    from darwin.zoo import build
+
+    cache = repo / ".cache"
+    base = build("smollm2", cache / "zoo" / "smollm2")
+    data = cache / "smollm2-bible-code" / "data"
+    write_splits(data)
+    ps = build_parents(base, data, cache / "smollm2-bible-code" / "parents")
+    return [base, ps["kjv"], ps["code"]]
+
+
 def recipe(folders: list[Path]) -> str:
     base, *ps = folders
     models = "".join(f"  - model: {p}\n    parameters: {{weight: {w}, density: 0.5}}\n"
@@ -103,9 +121,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=HERE / "_work")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--parents", choices=["synthetic", "real"], default="synthetic",
+                    help="synthetic: base + 3 random 135M parents (bf16); real: SmolLM2 + its 2 fine-tunes (fp32)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    folders = build_parents(args.work)
+    folders = build_parents(args.work) if args.parents == "synthetic" else real_parents()
     rpath = args.work / "ties.yaml"
     rpath.write_text(recipe(folders))
     rows: dict[str, list[tuple[float, float]]] = {"darwin": [], "mergekit": []}
@@ -121,7 +141,9 @@ def main() -> None:
     kb = kernel_batching(folders)
     result = {
         "machine": f"{os.cpu_count()} CPU threads, torch {torch.__version__}, {torch.get_num_threads()} intra-op threads",
-        "recipe": "ties, base + 3 parents, 134.5M params each, bf16, density 0.5",
+        "recipe": ("ties, base + 3 synthetic parents, 134.5M params each, bf16, density 0.5"
+                   if args.parents == "synthetic" else
+                   "ties, SmolLM2-135M base + its KJV and code fine-tunes, fp32, density 0.5"),
         "darwin_wall_s": round(best["darwin"][0], 2), "darwin_peak_rss_gib": round(best["darwin"][1], 2),
         "mergekit_wall_s": round(best["mergekit"][0], 2), "mergekit_peak_rss_gib": round(best["mergekit"][1], 2),
         "wall_ratio_darwin_over_mergekit": round(best["darwin"][0] / best["mergekit"][0], 3),
