@@ -293,3 +293,22 @@ def test_yaml_file_relative_paths(demo, tmp_path):
     res = darwin.merge(rec / "recipe.yaml", tmp_path / "c", progress=False)
     assert (res.out_dir / "model.safetensors").exists()
     assert math.isclose(len(res.plan.tasks), 39)
+
+
+def test_bad_parameter_values_and_device(demo, tmp_path):
+    r = _recipe(demo, "ties", base_model=str(demo["base"]))
+    r["models"][0]["parameters"]["density"] = 1.5
+    with pytest.raises(RecipeError, match=r"'density' must be in \[0, 1\]"):
+        darwin.merge(r, dry_run=True)
+    r = _recipe(demo)
+    r["models"][0]["parameters"]["weight"] = float("nan")
+    with pytest.raises(RecipeError, match="finite"):
+        darwin.merge(r, dry_run=True)
+    from darwin.errors import DarwinError
+
+    with pytest.raises(DarwinError, match="device 'gpu9'"):
+        darwin.merge(_recipe(demo), tmp_path / "c", device="gpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(DarwinError, match="CUDA is not available"):
+            darwin.merge(_recipe(demo), tmp_path / "c", device="cuda")
+    assert not (tmp_path / "c").exists()

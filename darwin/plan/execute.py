@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from darwin.errors import DarwinError
 from darwin.merge.methods import get_method, run_kernel
 from darwin.plan.plan import MergePlan, TensorTask
 
@@ -24,10 +25,23 @@ _COUNT_PARAMS = ("density", "gamma", "epsilon")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU; other values pass to ``torch.device``."""
+    """``"auto"``/None → CUDA when available, else CPU; other values pass to ``torch.device``.
+
+    Raises:
+        DarwinError: an unknown device string, or CUDA asked for where there is none.
+    """
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DarwinError(f"device {device!r}: not a device (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise DarwinError(f"device {device!r}: CUDA is not available here "
+                          f"({torch.cuda.device_count()} GPU(s)); use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise DarwinError(f"device {device!r}: unsupported device type {dev.type!r}")
+    return dev
 
 
 def default_batch_bytes(device: torch.device) -> int:

@@ -8,6 +8,7 @@ asked becomes a report row and a :class:`~darwin.errors.CompatibilityError`, nev
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float64": torch.float64}
 _GLOBAL_ONLY = {"int8_mask"}
+_FRACTIONS = {"density", "gamma", "epsilon", "t"}
 
 
 def parse_dtype(name: str | None, where: str = "dtype") -> torch.dtype | None:
@@ -91,12 +93,16 @@ def _coerce(spec: MethodSpec, name: str, value: Any, where: str) -> Any:
                 raise ValueError
             return value
         if p.kind is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
-            return float(value)
-        return str(value)
+            v = float(value)
+        else:
+            return str(value)
     except (TypeError, ValueError):
-        raise RecipeError(f"{where}: parameter {name!r} must be {p.kind.__name__}, got {value!r}") from None
+        raise RecipeError(f"{where}: parameter {name!r} must be a finite {p.kind.__name__}, got {value!r}") from None
+    if name in _FRACTIONS and not 0.0 <= v <= 1.0:
+        raise RecipeError(f"{where}: parameter {name!r} must be in [0, 1], got {v}")
+    return v
 
 
 def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:

@@ -116,6 +116,7 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os
         RecipeError, CheckpointError, CompatibilityError, OutputExistsError: bad input, named.
     """
     shard_bytes = parse_size(max_shard_size)
+    resolve_device(device)  # a bad device fails before any work
     if not dry_run and out_dir is None:
         raise ValueError("out_dir is required unless dry_run=True")
     if not dry_run:
