@@ -3,6 +3,10 @@
 from darwin.errors import CheckpointError, CompatibilityError, DarwinError, OutputExistsError, RecipeError
 from darwin.plan.run import MergeResult, merge
 
+# Load the ``darwin.mri`` subpackage now: importing a submodule later would rebind the attribute
+# ``darwin.mri`` to the package and shadow the ``mri`` function defined below.
+import darwin.mri as _mri_package  # noqa: E402,F401
+
 
 def evolve(config, out_dir, **kwargs):
     """Breed a child with CMA-ES (see :func:`darwin.search.evolve.evolve`)."""

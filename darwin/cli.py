@@ -139,6 +139,10 @@ def evolve(
         t.add_row(name, "failed" if rec["fitness"] is None else f"{rec['fitness']:.5g}")
     t.add_row("[bold]evolved child[/]", f"[bold]{res.best['fitness']:.5g}[/]")
     out.print(t)
+    beaten_by = [n for n, rec in res.baselines.items() if rec["fitness"] is not None and rec["fitness"] >= res.best["fitness"]]
+    if beaten_by:
+        out.print(f"[yellow]note:[/] the evolved child does not beat {', '.join(beaten_by)} on the search fitness; "
+                  "try a larger budget (search.generations) or another genome", highlight=False)
     out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (history.jsonl, fitness.png, recipe.yaml, "
               f"health.json)", highlight=False)
 
@@ -206,6 +210,7 @@ def demo_models(
     """Build a tiny base model, two parents and example recipes (random weights, seconds, no network)."""
     from darwin.demo import build_demo_models
 
+    _quiet_transformers()
     paths = build_demo_models(directory, seed=seed, force=force)
     for name, p in paths.items():
         out.print(f"{name:26s} {p}", highlight=False)

@@ -176,3 +176,21 @@ def test_lm_eval_fitness_on_local_task(demo, tmp_path):
     v1 = fit(model, tok)
     assert 0.0 <= v1 <= 1.0
     assert fit(model, tok) == v1  # deterministic
+
+
+def test_bad_fitness_leaves_no_run_folder(demo, tmp_path):
+    cfg = _cfg(demo, [{"perplexity": {"files": [str(tmp_path / "missing.txt")]}}], population=4, generations=1,
+               mri=True)
+    from darwin.errors import DarwinError
+
+    with pytest.raises(DarwinError, match="missing.txt"):
+        darwin.evolve(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_api_functions_survive_submodule_imports(demo, tmp_path):
+    import darwin.mri.run  # noqa: F401  (would rebind darwin.mri to the package)
+
+    assert callable(darwin.mri) and callable(darwin.evolve) and callable(darwin.merge)
+    doc, scans = darwin.mri(str(demo["parent_a"]), None, probes=False)
+    assert doc["r_mri"] is None and len(scans["A"].tensors) == 39

@@ -30,7 +30,7 @@ from darwin.arch.config import child_config
 from darwin.arch.mapper import ArchMap, TensorRole
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.errors import CompatibilityError, RecipeError
-from darwin.genome.spec import GenomeSpec
+from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.merge.seeds import tensor_seed
 from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
@@ -240,7 +240,8 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
         report.append(ReportRow(s.name, "blend", f"r={r:.3f}"))
     return MergePlan(tasks, layout.models, layout.a, layout.config, layout.out_dtype, layout.tied, layout.a,
                      None, report, layout.checks, f"darwin-genome:{spec.name}",
-                     {"genome": spec.source or spec.name, "values": dict(values), "seed": seed})
+                     {"genome": genome_ref(spec), "parents": [layout.a, layout.b], "base": layout.base,
+                      "values": dict(values), "seed": seed})
 
 
 def vector_to_values(spec: GenomeSpec, x: list[float], num_layers: int) -> dict[str, float]:

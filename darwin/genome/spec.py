@@ -118,3 +118,10 @@ def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
         return GenomeSpec.model_validate({**data, "source": str(p)})
     except ValidationError as e:
         raise describe_validation_error(str(p), "genome", e) from None
+
+
+def genome_ref(spec: GenomeSpec) -> str:
+    """How to name ``spec`` in a saved recipe: its name if built in, else its file path."""
+    if spec.source and Path(spec.source).resolve().parent == BUILTIN_DIR.resolve():
+        return spec.name
+    return spec.source or spec.name

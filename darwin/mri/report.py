@@ -84,6 +84,7 @@ def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
         ax.set_title(f"{k}: Block Influence\n{Path(s.model).name}", fontsize=9)
         ax.set_xticks(range(len(fams)), fams, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("layer")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         fig.colorbar(im, ax=ax, fraction=0.046)
     if extra:
         (ka, (fams, ma)), (kb, (_, mb)) = list(mats.items())
@@ -92,6 +93,7 @@ def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
         ax = axes[0][-1]
         im = ax.imshow(d, aspect="auto", cmap="coolwarm", vmin=-lim, vmax=lim)
         ax.set_title(f"{kb} − {ka}", fontsize=9)
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_xticks(range(len(fams)), fams, rotation=45, ha="right", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()

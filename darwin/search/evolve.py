@@ -34,11 +34,11 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from darwin.errors import DarwinError, OutputExistsError, RecipeError
-from darwin.genome.decode import PairLayout, decode, pair_layout, start_vector, vector_to_values
-from darwin.genome.spec import GenomeSpec, load_genome
+from darwin.genome.decode import PairLayout, check_values, decode, pair_layout, start_vector, vector_to_values
+from darwin.genome.spec import GenomeSpec, genome_ref, load_genome
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.writer import atomic_output_dir
-from darwin.plan.execute import execute
+from darwin.plan.execute import execute, resolve_device
 from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
 from darwin.plan.planner import parse_dtype
 from darwin.plan.run import write_child
@@ -223,20 +223,22 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
         raise RecipeError(f"the genome decoders breed two parents; got {len(cfg.parents)} "
                           "(merge others first with darwin merge, or evolve pairwise)")
     out = Path(out_dir).expanduser().resolve()
-    _prepare_out(out, cfg, resume, force)
+    # everything that can fail on bad input is checked before the run folder is touched
     dtype = parse_dtype(cfg.dtype, "dtype")
+    resolve_device(cfg.device)
     refs = cfg.parents + ([cfg.base] if cfg.base else [])
     ckpts = {r: Checkpoint(r) for r in refs}
     layout = pair_layout(ckpts, cfg.parents[0], cfg.parents[1], cfg.base, dtype)
     spec = load_genome(cfg.genome)
     genes = spec.expand(layout.num_layers)
+    check_values(spec, {g.name: g.start for g in genes}, layout.num_layers)
+    fit = _as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))
+    _prepare_out(out, cfg, resume, force)
     r_mri = _mri_ratios(cfg, out, layout, cfg.device)
     needed = {r: sorted({getattr(s, k) for s in layout.slots for k, ref in
                          (("a", layout.a), ("b", layout.b), ("base", layout.base)) if ref == r})
               for r in refs}
     resident = ResidentModel(ckpts, layout.a, dtype=dtype, device=cfg.device, tensors=needed)
-    fit = fitness if fitness is not None else build_fitness(cfg.fitness)
-    fit = _as_score_fn(fit)
     seed = cfg.search.seed
 
     def plan_of(x: list[float]) -> tuple[dict[str, float], MergePlan]:
@@ -347,7 +349,7 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: Pair
     _write_text_atomic(out / "best_genome.yaml", yaml.safe_dump(
         {"genome": spec.name, "fitness": best["fitness"], "components": best["components"],
          "generation": best["generation"], "values": values}, sort_keys=False))
-    recipe = {"genome": spec.source or spec.name, "parents": [layout.a, layout.b], "base": layout.base,
+    recipe = {"genome": genome_ref(spec), "parents": [layout.a, layout.b], "base": layout.base,
               "values": values, "mri": r_mri, "dtype": cfg.dtype, "seed": seed}
     _write_text_atomic(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     plan = decode(spec, values, layout, r_mri=r_mri, seed=seed)
@@ -371,8 +373,9 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: Pair
     table = "\n".join(["## Fitness", "", "| model | fitness |", "|---|---|", *rows,
                        f"| **evolved child** | **{best['fitness']:.5g}** |"])
     flags = health["flags"] or ["none"]
-    sections = [table, "## Health check", "", f"finite: {health['finite']}; flags: " + "; ".join(flags),
-                "## Lineage", "", "```json", json.dumps(lineage, indent=1), "```"]
+    sections = [table,
+                "## Health check\n\n" + f"finite: {health['finite']}; flags: " + "; ".join(flags),
+                "## Lineage\n\n```json\n" + json.dumps(lineage, indent=1) + "\n```"]
     with atomic_output_dir(out / "child", force=True) as tmp:
         write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9,
                     card_sections=sections)

@@ -33,6 +33,7 @@ def plot_history(history: list[dict[str, Any]], baselines: dict[str, float], pat
         if v is not None:
             ax.axhline(v, ls="--", lw=1, color=f"C{i + 4}", label=name)
     ax.set_xlabel("generation")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("fitness (higher is better)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
