@@ -132,6 +132,10 @@ def evolve(
         res = run_evolve(parents, output, resume=resume, force=force, progress=True)
     except DarwinError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; finished generations are saved: continue with "
+                      f"darwin evolve {parents} -o {output} --resume", highlight=False)
+        raise typer.Exit(130) from None
     t = Table(title="fitness (higher is better)", show_edge=False)
     t.add_column("model")
     t.add_column("fitness", justify="right")

@@ -194,3 +194,17 @@ def test_api_functions_survive_submodule_imports(demo, tmp_path):
     assert callable(darwin.mri) and callable(darwin.evolve) and callable(darwin.merge)
     doc, scans = darwin.mri(str(demo["parent_a"]), None, probes=False)
     assert doc["r_mri"] is None and len(scans["A"].tensors) == 39
+
+
+def test_genome_missing_a_decoder_gene_and_zero_budget(demo, tmp_path):
+    g = yaml.safe_load((Path(__file__).parents[1] / "genomes" / "darwin14.yaml").read_text())
+    g["genes"] = [dict(x, name="atn_ratio") if x["name"] == "attn_ratio" else x for x in g["genes"]]
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(g))
+    cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=4, generations=1,
+               genome=str(tmp_path / "g.yaml"))
+    with pytest.raises(RecipeError, match="attn_ratio"):
+        darwin.evolve(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=4, generations=0)
+    with pytest.raises(RecipeError, match="generations must be >= 1"):
+        darwin.evolve(cfg, tmp_path / "run", progress=False)

@@ -312,3 +312,44 @@ def test_bad_parameter_values_and_device(demo, tmp_path):
         with pytest.raises(DarwinError, match="CUDA is not available"):
             darwin.merge(_recipe(demo), tmp_path / "c", device="cuda")
     assert not (tmp_path / "c").exists()
+
+
+def test_more_bad_inputs_fail_before_any_work(demo, tmp_path):
+    from darwin.errors import CheckpointError, CompatibilityError, OutputExistsError
+
+    # parents of different depth in the models form
+    shallow = tmp_path / "shallow"
+    shutil.copytree(demo["parent_b"], shallow)
+    sd = load_file(str(shallow / "model.safetensors"))
+    sd = {k: v for k, v in sd.items() if "layers.3." not in k}
+    save_file(sd, str(shallow / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((shallow / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    (shallow / "config.json").write_text(json.dumps(cfg))
+    r = _recipe(demo)
+    r["models"][1]["model"] = str(shallow)
+    with pytest.raises(CompatibilityError, match="num_layers differs"):
+        darwin.merge(r, dry_run=True)
+    # empty models, a folder as recipe, a missing tokenizer source
+    with pytest.raises(RecipeError, match="'models' is empty"):
+        darwin.merge({"merge_method": "linear", "models": []}, dry_run=True)
+    with pytest.raises(RecipeError, match="is a folder"):
+        darwin.merge(tmp_path, dry_run=True)
+    with pytest.raises(RecipeError, match="tokenizer_source"):
+        darwin.merge(_recipe(demo, tokenizer_source=str(tmp_path / "nope")), dry_run=True)
+    # a parent without config.json
+    nocfg = tmp_path / "nocfg"
+    shutil.copytree(demo["parent_b"], nocfg)
+    (nocfg / "config.json").unlink()
+    r = _recipe(demo)
+    r["models"][1]["model"] = str(nocfg)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        darwin.merge(r, dry_run=True)
+    # output paths that are files or under files
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        darwin.merge(_recipe(demo), f, force=True)
+    with pytest.raises(OutputExistsError, match="is a file"):
+        darwin.merge(_recipe(demo), f / "child")
+    assert f.read_text() == "keep me"

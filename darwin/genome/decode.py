@@ -101,6 +101,8 @@ def pair_layout(checkpoints: Mapping[str, Checkpoint], a: str, b: str, base: str
             message lists the culprits.
     """
     refs = [a, b] + ([base] if base else [])
+    for m in refs:
+        checkpoints[m].require_config()
     labels = {m: chr(ord("A") + i) if i < 2 else "base" for i, m in enumerate(refs)}
     maps = {m: ArchMap.build(checkpoints[m].config, checkpoints[m].tensor_names) for m in refs}
     tied = all(maps[m].tied for m in refs)
@@ -167,6 +169,12 @@ RATIO_RULES: dict[str, Callable[[Mapping[str, float], TensorRole, int, float], f
     "layerwise": layerwise_ratio,
 }
 _SHARED_GENES = ("density_a", "density_b", "mri_trust", "merge_method_weight")
+REQUIRED_GENES: dict[str, tuple[str, ...]] = {
+    "darwin14": ("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio",
+                 *(f"block_{i}_ratio" for i in range(6))),
+    "layerwise": ("embed_ratio", "norm_ratio"),
+}
+REQUIRED_PER_LAYER: dict[str, tuple[str, ...]] = {"darwin14": (), "layerwise": ("attn", "ffn")}
 
 
 def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_layers: int,
@@ -189,7 +197,9 @@ def check_values(spec: GenomeSpec, values: Mapping[str, float], num_layers: int)
     if spec.decoder not in RATIO_RULES:
         raise RecipeError(f"genome {spec.name!r}: unknown decoder {spec.decoder!r} (known: {sorted(RATIO_RULES)})")
     genes = {g.name: g for g in spec.expand(num_layers)}
-    missing = [n for n in _SHARED_GENES if n not in genes]
+    missing = [n for n in _SHARED_GENES + REQUIRED_GENES[spec.decoder] if n not in genes]
+    per_layer = {g.name for g in spec.per_layer_genes}
+    missing += [f"per_layer_genes.{n}" for n in REQUIRED_PER_LAYER[spec.decoder] if n not in per_layer]
     if missing:
         raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} needs genes {missing}")
     for n, g in genes.items():

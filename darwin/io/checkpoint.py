@@ -178,6 +178,13 @@ class Checkpoint:
             fpath = self.path / fname
             try:
                 sd = torch.load(str(fpath), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped: read them whole
+                    raise CheckpointError(f"{fpath}: cannot be read safely with weights_only=True ({e})") from e
+                try:
+                    sd = torch.load(str(fpath), map_location="cpu", weights_only=True)
+                except Exception as e2:
+                    raise CheckpointError(f"{fpath}: cannot be read safely with weights_only=True ({e2})") from e2
             except Exception as e:
                 raise CheckpointError(f"{fpath}: cannot be read safely with weights_only=True ({e})") from e
             if not isinstance(sd, dict):
@@ -201,6 +208,12 @@ class Checkpoint:
             return json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{p}: invalid JSON ({e})") from e
+
+    def require_config(self) -> dict[str, Any]:
+        """The config, or a :class:`CheckpointError` naming the folder when it has no ``config.json``."""
+        if not (self.path / "config.json").exists():
+            raise CheckpointError(f"{self.path}: no config.json (a Hugging Face model folder needs one)")
+        return self.config
 
     def __contains__(self, name: str) -> bool:
         return name in self.meta

@@ -47,11 +47,18 @@ def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Path
     """Resolve ``out_dir`` and refuse an existing one unless ``force`` (call before any work).
 
     Raises:
-        OutputExistsError: ``out_dir`` exists and ``force`` is false.
+        OutputExistsError: ``out_dir`` exists and ``force`` is false, is a file, or lies under a file.
     """
     out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: is a file, not a folder; choose another output path")
     if out.exists() and not force:
-        raise OutputExistsError(f"{out}: output folder exists; pass --force (force=True) to replace it")
+        raise OutputExistsError(f"{out}: output folder exists; pass --force to replace it")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{out}: {parent} is a file, so the output folder cannot be created there")
+            break
     return out
 
 

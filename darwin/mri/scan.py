@@ -69,6 +69,8 @@ def scan_model(ref: str, *, probes: bool = True, families: tuple[str, ...] = FAM
         max_length: probe prompt truncation, tokens.
     """
     ckpt = Checkpoint(ref)
+    if probes:
+        ckpt.require_config()
     amap, tensors = static_scan(ckpt, progress)
     probe: dict[str, dict[str, list[float]]] = {}
     if probes and amap.num_layers > 0:

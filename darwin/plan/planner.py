@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,9 +60,14 @@ def _slices(recipe: Recipe, maps: dict[str, ArchMap]) -> list[OutputSlice]:
     if recipe.slices is not None:
         return list(recipe.slices)
     models = [m.model for m in recipe.models or []]
-    srcs = [InputSlice(model=m, layer_range=(0, max(maps[m].num_layers, 1))) for m in models]
     if recipe.base_model and recipe.base_model not in models:
-        srcs.append(InputSlice(model=recipe.base_model, layer_range=(0, max(maps[recipe.base_model].num_layers, 1))))
+        models.append(recipe.base_model)
+    depth = {m: maps[m].num_layers for m in models}
+    if len(set(depth.values())) > 1:
+        raise CompatibilityError("parents are not compatible: num_layers differs: "
+                                 + ", ".join(f"{m}={n}" for m, n in depth.items())
+                                 + " (use slices to merge models of different depth)")
+    srcs = [InputSlice(model=m, layer_range=(0, max(depth[m], 1))) for m in models]
     return [OutputSlice(sources=srcs)]
 
 
@@ -125,6 +131,11 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
     except KeyError as e:
         raise RecipeError(str(e.args[0])) from None
     _check_param_names(recipe, spec)
+    for ck in checkpoints.values():
+        ck.require_config()
+    ts = recipe.tokenizer_source
+    if ts not in (None, "base") and ts not in checkpoints and not Path(ts).is_dir():
+        raise RecipeError(f"tokenizer_source {ts!r}: not a parent of this recipe and no such folder")
     maps = {ref: ArchMap.build(ck.config, ck.tensor_names) for ref, ck in checkpoints.items()}
     slices = _slices(recipe, maps)
     model_params = {m.model: m.parameters for m in recipe.models or []}

@@ -120,6 +120,10 @@ class Recipe(_Strict):
             raise ValueError("tokenizer_source: union is not supported; name a parent or 'base'")
         if (self.models is None) == (self.slices is None):
             raise ValueError("give exactly one of 'models' or 'slices'")
+        if self.models is not None and not self.models:
+            raise ValueError("'models' is empty: give at least one model")
+        if self.slices is not None and not self.slices:
+            raise ValueError("'slices' is empty: give at least one slice")
         if self.base_model is not None:
             _check_ref(self.base_model)
         return self
@@ -154,6 +158,8 @@ def load_recipe(recipe: "Recipe | dict[str, Any] | str | os.PathLike") -> Recipe
         path = Path(recipe)
         if not path.exists():
             raise RecipeError(f"{path}: no such recipe file")
+        if path.is_dir():
+            raise RecipeError(f"{path}: is a folder, not a recipe file")
         source, base_dir = str(path), path.resolve().parent
         try:
             data = yaml.safe_load(path.read_text())

@@ -114,6 +114,10 @@ class SearchConfig(_Strict):
     def _budget(self):
         if self.generations is None and self.max_evaluations is None:
             raise ValueError("give search.generations or search.max_evaluations")
+        if self.generations is not None and self.generations < 1:
+            raise ValueError("search.generations must be >= 1")
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            raise ValueError("search.max_evaluations must be >= 1")
         if self.population is not None and self.population < 2:
             raise ValueError("search.population must be >= 2")
         if self.sigma0 <= 0:

@@ -37,7 +37,7 @@ from darwin.errors import DarwinError, OutputExistsError, RecipeError
 from darwin.genome.decode import PairLayout, check_values, decode, pair_layout, start_vector, vector_to_values
 from darwin.genome.spec import GenomeSpec, genome_ref, load_genome
 from darwin.io.checkpoint import Checkpoint
-from darwin.io.writer import atomic_output_dir
+from darwin.io.writer import atomic_output_dir, check_output_dir
 from darwin.plan.execute import execute, resolve_device
 from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
 from darwin.plan.planner import parse_dtype
@@ -119,13 +119,20 @@ def _write_text_atomic(path: Path, text: str) -> None:
 def _prepare_out(out: Path, cfg: ParentsConfig, resume: bool, force: bool) -> None:
     run_file = out / "run.json"
     snapshot = json.loads(cfg.model_dump_json())
+    if resume and force:
+        raise DarwinError("choose one of --resume (continue the run) and --force (start it again)")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: is a file, not a run folder")
     if resume:
         if not run_file.exists():
             raise DarwinError(f"{out}: nothing to resume (no run.json)")
-        if json.loads(run_file.read_text()) != snapshot:
-            raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with; "
-                              "resume needs the same parents.yaml")
+        old = json.loads(run_file.read_text())
+        if old != snapshot:
+            keys = sorted(k for k in set(old) | set(snapshot) if old.get(k) != snapshot.get(k))
+            raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with "
+                              f"(keys {keys}); resume needs the same parents.yaml")
         return
+    check_output_dir(out, force=True)  # refuses a path under a file
     if out.exists() and any(out.iterdir()):
         if not force:
             raise OutputExistsError(f"{out}: run folder exists; pass --resume to continue it or --force to restart")

@@ -35,7 +35,8 @@ def plot_history(history: list[dict[str, Any]], baselines: dict[str, float], pat
     ax.set_xlabel("generation")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("fitness (higher is better)")
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
