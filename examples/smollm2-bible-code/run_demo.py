@@ -6,7 +6,7 @@
 4. ``darwin evolve`` with ``parents.yaml`` (MRI on; fitness: perplexity on the search split);
 5. a table of base, parent A, parent B, uniform linear 0.5, uniform TIES and the evolved child on
    the search fitness and on held-out text never used by the search (perplexity on Ruth 3–4,
-   shlex.py + fractions.py, Python-docs prose; HumanEval canonical solutions in bits per byte via
+   shlex.py + fractions.py, Python-docs prose; 20 HumanEval canonical solutions in bits per byte via
    an lm-eval local task), written with the child and plots to the output folder as
    ``summary.json``, ``summary.md`` and ``summary.png``.
 
@@ -61,7 +61,7 @@ def evaluate(folder: Path, fitness, data: Path, tasks: Path) -> dict:
     for name in ("kjv", "code", "prose"):
         ppl = PerplexityFitness([data / f"heldout_{name}.txt"], max_tokens=1024, window=512)
         held[name] = ppl.to_perplexity(ppl(model, tok))
-    he = LmEvalFitness(["humaneval_bpb"], include_path=tasks, limit=40, metric="bits_per_byte")
+    he = LmEvalFitness(["humaneval_bpb"], include_path=tasks, limit=20, metric="bits_per_byte")
     bpb = -he(model, tok)
     return {"search_fitness": score.total,
             "search_ppl": {k.split("#")[-1]: math.exp(-v) for k, v in score.components.items()},
