@@ -69,7 +69,8 @@ def main() -> None:
     for seed in args.seeds:
         for label, genome in (("mri", "darwin14"), ("tau0", str(args.work / "darwin14-no-mri.yaml"))):
             c = dict(cfg, genome=genome, search={"population": args.population, "generations": args.generations,
-                                                 "sigma0": 0.5, "seed": seed})
+                                                 "sigma0": 0.5, "seed": seed},
+                     mri={"enabled": label == "mri"})  # τ pinned at 0: the MRI scan would be unused
             run = darwin.evolve(c, args.work / f"{label}-{seed}", force=True, progress=False, write_outputs=False)
             target = max(v["fitness"] for k, v in run.baselines.items() if k.startswith("uniform"))
             rows.append({"seed": seed, "variant": label, "uniform": target, "best": run.best["fitness"],

@@ -69,6 +69,7 @@ def evaluate(folder: Path, fitness, data: Path, tasks: Path) -> dict:
 
 
 def main() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request progress bars
     from transformers.utils import logging as hf_logging
 
     import darwin
@@ -135,20 +136,28 @@ def render(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Bars zoomed on the data range, each labelled with its value (differences are small)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [r["name"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].barh(names, [r["search_fitness"] for r in rows], color="C0")
-    axes[0].set_title("search fitness (−log ppl, higher is better)")
-    for i, key in enumerate(("kjv", "code")):
-        axes[1].barh([n + f" ({key})" for n in names], [r["heldout_ppl"][key] for r in rows], color=f"C{i + 1}")
-    axes[1].set_title("held-out perplexity (lower is better)")
-    axes[2].barh(names, [r["humaneval_bits_per_byte"] for r in rows], color="C3")
-    axes[2].set_title("HumanEval bits per byte (lower is better)")
+    panels = [("search perplexity (exp −fitness)", [math.exp(-r["search_fitness"]) for r in rows]),
+              ("held-out ppl, KJV Ruth 3–4", [r["heldout_ppl"]["kjv"] for r in rows]),
+              ("held-out ppl, shlex + fractions", [r["heldout_ppl"]["code"] for r in rows]),
+              ("held-out ppl, Python-docs prose", [r["heldout_ppl"]["prose"] for r in rows]),
+              ("HumanEval bits per byte", [r["humaneval_bits_per_byte"] for r in rows])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True)
+    for i, (ax, (title, vals)) in enumerate(zip(axes, panels)):
+        colors = ["C3" if n == "evolved child" else "C0" for n in names]
+        ax.barh(names, vals, color=colors)
+        lo, hi = min(vals), max(vals)
+        pad = (hi - lo) * 0.15 or 0.01
+        ax.set_xlim(lo - pad, hi + 2 * pad)
+        for y, v in enumerate(vals):
+            ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
+        ax.set_title(title + "\n(lower is better)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
