@@ -14,13 +14,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from darwin.errors import RecipeError, describe_validation_error
+from darwin.io.yamlfile import load_yaml_mapping
 from darwin.genome.decode import decode, pair_layout
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
@@ -57,10 +56,7 @@ def load_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
     data, where = source, "genome recipe"
     if isinstance(source, (str, os.PathLike)):
         where = str(source)
-        try:
-            data = yaml.safe_load(Path(source).read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise RecipeError(f"{where}: cannot read ({e})") from e
+        data = load_yaml_mapping(source, "genome recipe")
     try:
         rec = GenomeRecipe.model_validate(data)
     except ValidationError as e:

@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from darwin.errors import RecipeError, describe_validation_error
+from darwin.io.yamlfile import load_yaml_mapping
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 _EPS = 1e-4
@@ -108,12 +108,7 @@ def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
             known = sorted(f.stem for f in BUILTIN_DIR.glob("*.yaml"))
             raise RecipeError(f"genome {str(name_or_path)!r}: no such file or built-in genome (built-in: {known})")
         p = cand
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{p}: invalid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise RecipeError(f"{p}: a genome must be a YAML mapping")
+    data = load_yaml_mapping(p, "genome")
     try:
         return GenomeSpec.model_validate({**data, "source": str(p)})
     except ValidationError as e:

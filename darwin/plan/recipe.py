@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from darwin.errors import RecipeError, describe_validation_error
+from darwin.io.yamlfile import load_yaml_mapping
 
 Scalar = Union[bool, float, int, str]
 
@@ -156,15 +157,8 @@ def load_recipe(recipe: "Recipe | dict[str, Any] | str | os.PathLike") -> Recipe
     base_dir: Path | None = None
     if isinstance(recipe, (str, os.PathLike)) and (isinstance(recipe, os.PathLike) or "\n" not in recipe):
         path = Path(recipe)
-        if not path.exists():
-            raise RecipeError(f"{path}: no such recipe file")
-        if path.is_dir():
-            raise RecipeError(f"{path}: is a folder, not a recipe file")
         source, base_dir = str(path), path.resolve().parent
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: invalid YAML ({e})") from e
+        data = load_yaml_mapping(path, "recipe")
     elif isinstance(recipe, str):
         try:
             data = yaml.safe_load(recipe)

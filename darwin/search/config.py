@@ -28,10 +28,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from darwin.errors import RecipeError, describe_validation_error
+from darwin.errors import describe_validation_error
+from darwin.io.yamlfile import load_yaml_mapping
 from darwin.mri.probe import FAMILIES
 
 
@@ -195,15 +195,7 @@ def load_parents_config(source: "ParentsConfig | dict[str, Any] | str | os.PathL
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         where = str(p)
-        if not p.exists():
-            raise RecipeError(f"{p}: no such file")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{p}: invalid YAML ({e})") from e
-        if not isinstance(data, dict):
-            raise RecipeError(f"{p}: must be a YAML mapping")
-        data = _resolve(data, p.resolve().parent)
+        data = _resolve(load_yaml_mapping(p, "parents config"), p.resolve().parent)
     try:
         return ParentsConfig.model_validate(data)
     except ValidationError as e:
