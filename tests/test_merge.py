@@ -237,16 +237,21 @@ def test_cli_shape_mismatch(demo, tmp_path):
     assert "shape-mismatch" in res.output
 
 
+def _edited_parent(src, dst, edit_weights, **config):
+    """A copy of parent ``src`` at ``dst`` with ``edit_weights(state_dict)`` applied and config keys set."""
+    shutil.copytree(src, dst)
+    sd = edit_weights(load_file(str(dst / "model.safetensors")))
+    save_file(sd, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
 def test_cli_vocab_mismatch(demo, tmp_path):
-    bad = tmp_path / "bad_vocab"
-    shutil.copytree(demo["parent_b"], bad)
-    sd = load_file(str(bad / "model.safetensors"))
-    sd["model.embed_tokens.weight"] = torch.zeros(400, 32)
-    sd["lm_head.weight"] = torch.zeros(400, 32)
-    save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg["vocab_size"] = 400
-    (bad / "config.json").write_text(json.dumps(cfg))
+    bad = _edited_parent(demo["parent_b"], tmp_path / "bad_vocab",
+                         lambda sd: {**sd, "model.embed_tokens.weight": torch.zeros(400, 32),
+                                     "lm_head.weight": torch.zeros(400, 32)}, vocab_size=400)
     r = _recipe(demo)
     r["models"][1]["model"] = str(bad)
     out = tmp_path / "out"
@@ -318,14 +323,8 @@ def test_more_bad_inputs_fail_before_any_work(demo, tmp_path):
     from darwin.errors import CheckpointError, CompatibilityError, OutputExistsError
 
     # parents of different depth in the models form
-    shallow = tmp_path / "shallow"
-    shutil.copytree(demo["parent_b"], shallow)
-    sd = load_file(str(shallow / "model.safetensors"))
-    sd = {k: v for k, v in sd.items() if "layers.3." not in k}
-    save_file(sd, str(shallow / "model.safetensors"), metadata={"format": "pt"})
-    cfg = json.loads((shallow / "config.json").read_text())
-    cfg["num_hidden_layers"] = 3
-    (shallow / "config.json").write_text(json.dumps(cfg))
+    shallow = _edited_parent(demo["parent_b"], tmp_path / "shallow",
+                             lambda sd: {k: v for k, v in sd.items() if "layers.3." not in k}, num_hidden_layers=3)
     r = _recipe(demo)
     r["models"][1]["model"] = str(shallow)
     with pytest.raises(CompatibilityError, match="num_layers differs"):

@@ -12,8 +12,6 @@ For a tensor T with n elements:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 BINS = 64
@@ -44,8 +42,3 @@ def tensor_stats(t: torch.Tensor, bins: int = BINS) -> dict[str, float]:
 def v5_score(entropy: float, std: float, l2: float) -> float:
     """``0.5·entropy + 0.3·std + 0.002·min(l2, 100)``."""
     return 0.5 * entropy + 0.3 * std + 0.002 * min(l2, 100.0)
-
-
-def max_entropy_bits(bins: int = BINS) -> float:
-    """Upper bound of the entropy (uniform histogram): ``log2(bins)``."""
-    return math.log2(bins)
