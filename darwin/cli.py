@@ -123,13 +123,18 @@ def evolve(
     output: Path = typer.Option(..., "-o", "--output", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
     force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors scoring candidates in parallel "
+                                          "(overrides search.workers; needs darwin-merge[ray])."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, "
+                                          "ray://head:10001); default: a local Ray instance when workers > 1."),
 ) -> None:
     """Breed a child of two parents: CMA-ES over a genome, candidates merged and scored in memory."""
     from darwin.search.evolve import evolve as run_evolve
 
     _quiet_transformers()
     try:
-        res = run_evolve(parents, output, resume=resume, force=force, progress=True)
+        res = run_evolve(parents, output, resume=resume, force=force, progress=True, workers=workers,
+                         address=address)
     except DarwinError as e:
         _fail(e)
     except KeyboardInterrupt:

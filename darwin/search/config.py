@@ -14,6 +14,9 @@ Example::
         weight: 0.5
       - python: mymodule:score
     search: {population: 8, generations: 10, sigma0: 0.5, seed: 0}   # or max_evaluations
+    # optional: score candidates in parallel on Ray actors (pip install 'darwin-merge[ray]');
+    # address joins a running cluster ("auto", "ray://head:10001"), else Ray starts locally
+    #   search: {..., workers: 4, address: auto}
     dtype: float32
     device: auto
 
@@ -102,16 +105,25 @@ class FitnessEntry(_Strict):
 
 
 class SearchConfig(_Strict):
-    """CMA-ES budget and settings."""
+    """CMA-ES budget and settings, and where candidates are scored.
+
+    ``workers`` > 1 or an ``address`` scores candidates on Ray actors
+    (:mod:`darwin.search.ray_pool`); 1 without an address scores them in this process. Neither
+    changes the result, so a run may be resumed with other values.
+    """
 
     population: Optional[int] = None
     generations: Optional[int] = None
     max_evaluations: Optional[int] = None
     sigma0: float = 0.5
     seed: int = 0
+    workers: int = 1
+    address: Optional[str] = None
 
     @model_validator(mode="after")
     def _budget(self):
+        if self.workers < 1:
+            raise ValueError("search.workers must be >= 1")
         if self.generations is None and self.max_evaluations is None:
             raise ValueError("give search.generations or search.max_evaluations")
         if self.generations is not None and self.generations < 1:

@@ -44,7 +44,8 @@ from darwin.plan.planner import parse_dtype
 from darwin.plan.run import write_child
 from darwin.search.config import ParentsConfig, load_parents_config
 from darwin.search.plot import plot_history
-from darwin.search.resident import ResidentModel
+from darwin.search.evaluator import Evaluator, LocalEvaluator
+from darwin.search.resident import ResidentSpec, check_plan_shapes
 from darwin.search.scoring import build_fitness
 
 log = logging.getLogger("darwin.evolve")
@@ -116,9 +117,17 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _snapshot(cfg: ParentsConfig) -> dict[str, Any]:
+    """The configuration a resumed run must match (where candidates are scored does not count)."""
+    snap = json.loads(cfg.model_dump_json())
+    for key in ("workers", "address"):
+        snap["search"].pop(key, None)
+    return snap
+
+
 def _prepare_out(out: Path, cfg: ParentsConfig, resume: bool, force: bool) -> None:
     run_file = out / "run.json"
-    snapshot = json.loads(cfg.model_dump_json())
+    snapshot = _snapshot(cfg)
     if resume and force:
         raise DarwinError("choose one of --resume (continue the run) and --force (start it again)")
     if out.exists() and not out.is_dir():
@@ -127,6 +136,8 @@ def _prepare_out(out: Path, cfg: ParentsConfig, resume: bool, force: bool) -> No
         if not run_file.exists():
             raise DarwinError(f"{out}: nothing to resume (no run.json)")
         old = json.loads(run_file.read_text())
+        for key in ("workers", "address"):
+            old.get("search", {}).pop(key, None)
         if old != snapshot:
             keys = sorted(k for k in set(old) | set(snapshot) if old.get(k) != snapshot.get(k))
             raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with "
@@ -193,20 +204,9 @@ class _Search:
         np.random.set_state(saved)
 
 
-def _evaluate(resident: ResidentModel, plan: MergePlan, fitness) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    try:
-        score = resident.score(plan, fitness)
-        rec = {"fitness": score.total, "components": score.components, "error": None}
-    except Exception as e:  # any failure scores worst and is logged with its genome
-        rec = {"fitness": None, "components": {}, "error": f"{type(e).__name__}: {e}"}
-    rec["seconds"] = round(time.perf_counter() - t0, 4)
-    return rec
-
-
 def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike, *,
            resume: bool = False, force: bool = False, fitness=None, progress: bool = True,
-           write_outputs: bool = True) -> EvolveResult:
+           write_outputs: bool = True, workers: int | None = None, address: str | None = None) -> EvolveResult:
     """Search merges of two parents with CMA-ES (Python API of ``darwin evolve``).
 
     Args:
@@ -218,6 +218,10 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
             fitness entries (they are still validated).
         progress: rich progress bar.
         write_outputs: write the child, recipe, health check (off for quick experiments).
+        workers: Ray actors scoring candidates in parallel (overrides ``search.workers``; 1 and no
+            address: in this process).
+        address: Ray cluster to join (overrides ``search.address``; see
+            :class:`darwin.search.ray_pool.RayEvaluator`).
 
     Returns:
         an :class:`EvolveResult`.
@@ -240,27 +244,52 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     genes = spec.expand(layout.num_layers)
     check_values(spec, {g.name: g.start for g in genes}, layout.num_layers)
     fit = _as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))
+    workers = workers if workers is not None else cfg.search.workers
+    address = address if address is not None else cfg.search.address
+    if workers < 1:
+        raise DarwinError(f"workers must be >= 1, got {workers}")
+    if workers > 1 or address:
+        from darwin.search.ray_pool import require_ray
+
+        require_ray()
     _prepare_out(out, cfg, resume, force)
     r_mri = _mri_ratios(cfg, out, layout, cfg.device)
     needed = {r: sorted({getattr(s, k) for s in layout.slots for k, ref in
                          (("a", layout.a), ("b", layout.b), ("base", layout.base)) if ref == r})
               for r in refs}
-    resident = ResidentModel(ckpts, layout.a, dtype=dtype, device=cfg.device, tensors=needed)
+    rspec = ResidentSpec({r: str(ckpts[r].path) for r in refs}, layout.a, dtype, cfg.device, needed)
     seed = cfg.search.seed
 
     def plan_of(x: list[float]) -> tuple[dict[str, float], MergePlan]:
         values = vector_to_values(spec, x, layout.num_layers)
         return values, decode(spec, values, layout, r_mri=r_mri, seed=seed)
 
-    resident.check_plan(plan_of(start_vector(spec, layout.num_layers))[1])
+    check_plan_shapes(plan_of(start_vector(spec, layout.num_layers))[1], ckpts[layout.a])
+    evaluator = _make_evaluator(cfg, rspec, fit, workers, address)
+    try:
+        return _run(cfg, out, spec, layout, ckpts, evaluator, plan_of, r_mri, seed, progress, write_outputs)
+    finally:
+        evaluator.close()
 
+
+def _make_evaluator(cfg: ParentsConfig, rspec: ResidentSpec, fit, workers: int, address: str | None) -> Evaluator:
+    if workers == 1 and not address:
+        return LocalEvaluator(rspec, fit)
+    from darwin.search.ray_pool import RayEvaluator
+
+    return RayEvaluator(rspec, fit, workers, address)
+
+
+def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, layout: PairLayout, ckpts, evaluator: Evaluator,
+         plan_of, r_mri, seed: int, progress: bool, write_outputs: bool) -> EvolveResult:
+    genes = spec.expand(layout.num_layers)
     base_file = out / "baselines.json"
     if base_file.exists():
         baselines = json.loads(base_file.read_text())
     else:
-        baselines = {}
-        for kind, name in (("A", "parent A"), ("B", "parent B"), ("uniform", "uniform 0.5")):
-            baselines[name] = _evaluate(resident, fixed_plan(layout, kind), fit)
+        names = ("parent A", "parent B", "uniform 0.5")
+        recs = evaluator.run([fixed_plan(layout, kind) for kind in ("A", "B", "uniform")])
+        baselines = dict(zip(names, recs))
         _write_text_atomic(base_file, json.dumps(baselines, indent=2))
 
     popsize = cfg.search.popsize(len(genes))
@@ -282,19 +311,21 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     t_start = time.perf_counter()
     with Progress(TextColumn("[bold]gen {task.fields[gen]}/{task.fields[n_gen]}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("best {task.fields[best]}"), TimeRemainingColumn(),
+                  TextColumn("[dim]{task.fields[last]}"),
                   disable=not progress, transient=False) as bar:
         job = bar.add_task("evolve", total=n_gen * popsize, completed=len(history) * popsize, gen=len(history),
-                           n_gen=n_gen, best=_fmt(best))
+                           n_gen=n_gen, best=_fmt(best), last="")
         for g in range(len(history), n_gen):
             xs = search.ask()
-            cands = []
-            for x in xs:
-                values, plan = plan_of(x)
-                rec = {"x": x, "genes": values, **_evaluate(resident, plan, fit)}
+            decoded = [plan_of(x) for x in xs]
+
+            def done(i: int, rec: dict[str, Any], g: int = g) -> None:
                 if rec["error"]:
-                    log.warning("candidate failed (%s) with genome %s", rec["error"], values)
-                cands.append(rec)
-                bar.update(job, advance=1, gen=g + 1)
+                    log.warning("candidate failed (%s) with genome %s", rec["error"], decoded[i][0])
+                bar.update(job, advance=1, gen=g + 1, last=f"{rec['worker']} {rec['seconds']:.1f}s")
+
+            recs = evaluator.run([plan for _, plan in decoded], done)
+            cands = [{"x": x, "genes": values, **rec} for x, (values, _), rec in zip(xs, decoded, recs)]
             search.tell(xs, [c["fitness"] for c in cands])
             record = {"generation": g, "candidates": cands, "sigma": float(search.es.sigma),
                       "elapsed_s": round(time.perf_counter() - t_start, 3)}
@@ -310,7 +341,7 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
         raise DarwinError("every candidate failed; see history.jsonl for the errors")
     child_dir = None
     if write_outputs:
-        child_dir = _write_outputs(out, cfg, spec, layout, ckpts, resident, best, baselines, r_mri, seed)
+        child_dir = _write_outputs(out, cfg, spec, layout, ckpts, evaluator, best, baselines, r_mri, seed)
     return EvolveResult(out, best, baselines, history, child_dir)
 
 
@@ -347,7 +378,7 @@ def read_lineage(folder: Path) -> dict[str, Any]:
     return {"model": str(folder)}
 
 
-def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: PairLayout, ckpts, resident,
+def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: PairLayout, ckpts, evaluator: Evaluator,
                    best: dict[str, Any], baselines: dict[str, Any], r_mri, seed: int) -> Path:
     from darwin.mri.health import health_check
     from darwin.mri.probe import load_probes
@@ -364,6 +395,8 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: Pair
     # health check: the resident model holds the child; parents load from disk
     from transformers import AutoModelForCausalLM
 
+    evaluator.close()  # Ray workers release their parents before the driver loads its own
+    resident = evaluator.resident()
     resident.load_plan(plan)
     dev = resident.device
     pa = AutoModelForCausalLM.from_pretrained(ckpts[layout.a].path, dtype=resident.dtype).to(dev).eval()

@@ -8,6 +8,7 @@ model (``copy_``): no disk I/O per candidate and no model re-instantiation.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,32 @@ from darwin.errors import CompatibilityError
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.execute import execute, resolve_device
 from darwin.plan.plan import MergePlan
+
+
+def _check_shapes(plan: MergePlan, state: Mapping[str, torch.Tensor]) -> None:
+    for t in plan.tasks:
+        p = state.get(t.out_name)
+        if p is None:
+            raise CompatibilityError(f"child tensor {t.out_name!r} has no parameter in the resident model")
+        if tuple(p.shape) != tuple(t.shape):
+            raise CompatibilityError(f"child tensor {t.out_name!r}: shape {list(t.shape)} vs resident "
+                                     f"{list(p.shape)}")
+
+
+def check_plan_shapes(plan: MergePlan, model_ckpt: Checkpoint) -> None:
+    """Check ``plan`` against the model its resident would be built from, without loading weights.
+
+    The model is instantiated from ``model_ckpt``'s config on the meta device (no memory).
+
+    Raises:
+        CompatibilityError: naming the first child tensor that has no parameter or another shape.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_ckpt.path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    _check_shapes(plan, model.state_dict(keep_vars=True))
 
 
 class ResidentModel:
@@ -54,13 +81,7 @@ class ResidentModel:
         Raises:
             CompatibilityError: naming the first tensor that does not fit.
         """
-        for t in plan.tasks:
-            p = self.state.get(t.out_name)
-            if p is None:
-                raise CompatibilityError(f"child tensor {t.out_name!r} has no parameter in the resident model")
-            if tuple(p.shape) != tuple(t.shape):
-                raise CompatibilityError(f"child tensor {t.out_name!r}: shape {list(t.shape)} vs resident "
-                                         f"{list(p.shape)}")
+        _check_shapes(plan, self.state)
 
     @torch.no_grad()
     def load_plan(self, plan: MergePlan, batch_bytes: int | None = None) -> None:
@@ -73,3 +94,28 @@ class ResidentModel:
         """Load ``plan`` and return ``fitness(model, tokenizer)``."""
         self.load_plan(plan)
         return fitness(self.model, self.tokenizer)
+
+
+@dataclass(frozen=True)
+class ResidentSpec:
+    """What a :class:`ResidentModel` is built from, in a form that can be sent to another process.
+
+    Attributes:
+        paths: parent reference (as plans name it) → local checkpoint folder.
+        model_ref: reference whose folder the resident model is instantiated from.
+        dtype: resident model dtype.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+        tensors: parent reference → tensor names to keep resident (None: all).
+    """
+
+    paths: dict[str, str]
+    model_ref: str
+    dtype: torch.dtype
+    device: str
+    tensors: dict[str, list[str]] | None = None
+
+    def build(self, device: str | None = None) -> ResidentModel:
+        """Open the checkpoints and load the resident model (on ``device`` if given)."""
+        ckpts = {ref: Checkpoint(path) for ref, path in self.paths.items()}
+        return ResidentModel(ckpts, self.model_ref, dtype=self.dtype, device=device or self.device,
+                             tensors=self.tensors)

@@ -24,12 +24,23 @@ def distance_to_target(model, tokenizer) -> float:
     """Minus the L2 distance of the model's weights to 0.7·A + 0.3·B (optimum 0).
 
     With DARWIN_TEST_KILL_AFTER=N the process dies hard (os._exit) on the N-th call, like a
-    killed run.
+    killed run. With DARWIN_TEST_DIE_ONCE=PATH the first process to reach its 4th call creates
+    PATH and dies (a Ray worker killed mid-generation); later calls anywhere go on normally.
     """
     _CALLS[0] += 1
     kill = os.environ.get("DARWIN_TEST_KILL_AFTER")
     if kill and _CALLS[0] >= int(kill):
         os._exit(9)
+    marker = os.environ.get("DARWIN_TEST_DIE_ONCE")
+    if marker and _CALLS[0] >= 4:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # exactly one process wins
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os._exit(1)
     sd = model.state_dict()
     sq = sum(float(((sd[k].float() - t) ** 2).sum()) for k, t in _target().items())
     return -math.sqrt(sq)
