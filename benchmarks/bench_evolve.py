@@ -38,14 +38,14 @@ def fixed_nll(ids: torch.Tensor):
     return fit
 
 
-def run(scale: str, work: Path, n: int) -> dict:
-    from transformers import AutoModelForCausalLM
+def candidates(scale: str, work: Path, n: int):
+    """Parents at ``scale``, ``n`` darwin14 plans around the start point and a fixed NLL fitness.
 
+    Returns:
+        ``(checkpoints, parent_a_ref, plans, fitness)``; fitness returns a float.
+    """
     from darwin.genome import decode, load_genome, pair_layout, start_vector, vector_to_values
     from darwin.io.checkpoint import Checkpoint
-    from darwin.plan.execute import execute
-    from darwin.plan.run import write_child
-    from darwin.search.resident import ResidentModel
 
     if scale == "tiny":
         from darwin.demo import build_demo_models
@@ -64,9 +64,18 @@ def run(scale: str, work: Path, n: int) -> dict:
     x0 = start_vector(spec, layout.num_layers)
     xs = [[xi + 0.5 * float(torch.randn(1, generator=g)) for xi in x0] for _ in range(n)]
     plans = [decode(spec, vector_to_values(spec, x, layout.num_layers), layout) for x in xs]
-    vocab = layout.config.get("vocab_size", 384)
-    ids = torch.randint(0, vocab, (1, 256), generator=g)
-    fit = fixed_nll(ids)
+    ids = torch.randint(0, layout.config.get("vocab_size", 384), (1, 256), generator=g)
+    return ck, a, plans, fixed_nll(ids)
+
+
+def run(scale: str, work: Path, n: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from darwin.plan.execute import execute
+    from darwin.plan.run import write_child
+    from darwin.search.resident import ResidentModel
+
+    ck, a, plans, fit = candidates(scale, work, n)
 
     t0 = time.perf_counter()
     res = ResidentModel(ck, a, dtype=torch.float32, device="cpu")

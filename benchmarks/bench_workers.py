@@ -27,38 +27,22 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_evolve import fixed_nll  # noqa: E402
+from bench_evolve import candidates  # noqa: E402
 
 
 def _plans(scale: str, work: Path, n: int):
-    from darwin.genome import decode, load_genome, pair_layout, start_vector, vector_to_values
-    from darwin.io.checkpoint import Checkpoint
+    from darwin.fitness.base import CombinedFitness, Component
 
-    if scale == "tiny":
-        from darwin.demo import build_demo_models
-
-        d = build_demo_models(work / "tiny")
-        a, b = str(d["parent_a"]), str(d["parent_b"])
-    else:
-        from bench_merge import build_parents
-
-        folders = build_parents(work)
-        a, b = str(folders[1]), str(folders[2])
-    ck = {a: Checkpoint(a), b: Checkpoint(b)}
-    layout = pair_layout(ck, a, b, out_dtype=torch.float32)
-    spec = load_genome("darwin14")
-    g = torch.Generator().manual_seed(0)
-    x0 = start_vector(spec, layout.num_layers)
-    xs = [[xi + 0.5 * float(torch.randn(1, generator=g)) for xi in x0] for _ in range(2 * n)]
-    plans = [decode(spec, vector_to_values(spec, x, layout.num_layers), layout) for x in xs]
-    ids = torch.randint(0, layout.config.get("vocab_size", 384), (1, 256), generator=g)
-    return ck, a, plans, fixed_nll(ids)
+    ck, a, plans, fit = candidates(scale, work, 2 * n)
+    return ck, a, plans, CombinedFitness([Component("nll", fit)])
 
 
 def _measure(evaluator, plans: list, n: int) -> tuple[float, list[float]]:
     evaluator.run(plans[:n])  # warm-up: first-touch allocations, lazy imports, thread pools
     t0 = time.perf_counter()
     recs = evaluator.run(plans[n:])
+    if any(r["error"] for r in recs):
+        raise RuntimeError(next(r["error"] for r in recs if r["error"]))
     return time.perf_counter() - t0, [r["fitness"] for r in recs]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 import darwin
@@ -26,8 +29,6 @@ def _same_history(a: list[dict], b: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def serial_run(demo, tmp_path_factory):
     """Reference: the serial in-process run (3 generations × 6 candidates)."""
-    import os
-
     os.environ["DARWIN_TEST_A"], os.environ["DARWIN_TEST_B"] = str(demo["parent_a"]), str(demo["parent_b"])
     cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=6, generations=3)
     out = tmp_path_factory.mktemp("serial") / "run"
@@ -47,12 +48,24 @@ def test_two_workers_give_the_serial_history(serial_run, tmp_path):
     assert all(c["seconds"] > 0 for g in hist for c in g["candidates"])
 
 
-def test_a_worker_killed_mid_generation_is_replaced(serial_run, tmp_path, monkeypatch):
+def test_a_worker_killed_mid_generation_is_replaced(serial_run, tmp_path):
     cfg, serial = serial_run
+    """Through the CLI, with outputs: the child is written after the pool is gone."""
+    import subprocess
+    import sys
+
+    import yaml
+
     marker = tmp_path / "died"
-    monkeypatch.setenv("DARWIN_TEST_DIE_ONCE", str(marker))  # inherited by the local Ray workers
-    darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False, workers=2)
+    cfg_file = tmp_path / "parents.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "DARWIN_TEST_DIE_ONCE": str(marker)}  # inherited by the local Ray workers
+    darwin_cli = Path(sys.executable).with_name("darwin")
+    p = subprocess.run([darwin_cli, "evolve", cfg_file, "-o", tmp_path / "run", "--workers", "2"], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
     assert marker.exists(), "no worker died: the test did not exercise the fault path"
+    assert "evolved child" in p.stdout and (tmp_path / "run" / "child" / "config.json").exists()
     hist = read_history(tmp_path / "run" / "history.jsonl")
     assert all(c["error"] is None for g in hist for c in g["candidates"])  # every candidate scored
     _same_history(serial.history, hist)

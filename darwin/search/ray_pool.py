@@ -53,7 +53,9 @@ class _Worker:
         import socket
 
         import torch
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # one bar per actor start-up would interleave on the driver
         torch.set_num_threads(max(1, threads))
         self.label = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self.resident = spec.build(device)
