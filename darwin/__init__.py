@@ -15,6 +15,13 @@ def evolve(config, out_dir, **kwargs):
     return _evolve(config, out_dir, **kwargs)
 
 
+def crossover(transformer_parent, ssm_parent, out_dir=None, **kwargs):
+    """Transformer × SSM crossover into a Bamba hybrid (see :func:`darwin.plan.crossover.crossover`)."""
+    from darwin.plan.crossover import crossover as _crossover
+
+    return _crossover(transformer_parent, ssm_parent, out_dir, **kwargs)
+
+
 def mri(model, out_dir=None, **kwargs):
     """MRI scan of a model or pair (see :func:`darwin.mri.run.run_mri`)."""
     from darwin.mri.run import run_mri
@@ -23,5 +30,5 @@ def mri(model, out_dir=None, **kwargs):
 
 
 __version__ = "0.1.0"
-__all__ = ["merge", "evolve", "mri", "MergeResult", "DarwinError", "CheckpointError", "CompatibilityError",
+__all__ = ["merge", "evolve", "crossover", "mri", "MergeResult", "DarwinError", "CheckpointError", "CompatibilityError",
            "OutputExistsError", "RecipeError", "__version__"]

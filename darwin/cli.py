@@ -1,4 +1,4 @@
-"""Command-line interface: ``darwin merge``, ``darwin evolve``, ``darwin mri``, ``darwin demo-models``.
+"""Command-line interface: ``darwin merge``, ``darwin evolve``, ``darwin crossover``, ``darwin mri``, ``darwin demo-models``.
 
 Errors on bad input print one line naming the file, tensor or key and exit with status 2
 (1 for unexpected failures). Nothing is left behind in the output location on failure.
@@ -154,6 +154,44 @@ def evolve(
                   "try a larger budget (search.generations) or another genome", highlight=False)
     out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (history.jsonl, fitness.png, recipe.yaml, "
               f"health.json)", highlight=False)
+
+
+@app.command()
+def crossover(
+    transformer: str = typer.Argument(..., help="Transformer parent (Llama/Mistral family): folder or hub id."),
+    ssm: str = typer.Argument(..., help="SSM parent (Mamba-2 or Bamba) with the same hidden size and vocabulary."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Child folder to write."),
+    mixers: str = typer.Option(..., "--mixers", help="One letter per transformer layer: A = attention from "
+                               "TRANSFORMER, B = mixer from SSM (e.g. ABAB…)."),
+    ffn_ratio: float = typer.Option(0.0, "--ffn-ratio", help="Weight of SSM's FFN where it has one of equal shape."),
+    embed_ratio: float = typer.Option(0.0, "--embed-ratio", help="Blend weight of the other parent's embedding, "
+                                      "final norm and head."),
+    embed_from: str = typer.Option("A", "--embed-from", help="Parent whose embedding/final norm/head is kept: A or B."),
+    dtype: str = typer.Option("float32", help="Child storage dtype."),
+    device: str = typer.Option("auto", help="Kernel device: auto, cpu, cuda …"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the action report; write nothing."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="List every tensor in the report."),
+) -> None:
+    """Breed a Bamba hybrid: per layer, attention from TRANSFORMER or the SSM mixer from SSM."""
+    from darwin.plan.crossover import crossover as run_crossover
+
+    if output is None and not dry_run:
+        _fail(DarwinError("give -o/--output (or --dry-run)"))
+    try:
+        res = run_crossover(transformer, ssm, output, mixers=mixers, ffn_ratio=ffn_ratio, embed_ratio=embed_ratio,
+                            embed_from=embed_from, dtype=dtype, device=device, force=force, dry_run=dry_run,
+                            progress=sys.stderr.isatty())
+    except DarwinError as e:
+        _fail(e)
+    cfg = res.plan.config
+    pattern = "".join("A" if i in cfg["attn_layer_indices"] else "B" for i in range(cfg["num_hidden_layers"]))
+    if dry_run:
+        print_report(res.plan, verbose=verbose)
+        out.print(f"hybrid {pattern}: {sum(t.numel for t in res.plan.tasks):,} parameters", highlight=False)
+        return
+    out.print(f"wrote {res.out_dir}: Bamba hybrid, layers {pattern} (A = attention, B = SSM), "
+              f"{sum(t.numel for t in res.plan.tasks):,} parameters", highlight=False)
 
 
 @app.command()
