@@ -49,6 +49,16 @@ def tiny_llama_config(vocab_size: int = VOCAB, layers: int = 4, tied: bool = Fal
                        tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0, pad_token_id=1)
 
 
+def tiny_mamba2_config(vocab_size: int = VOCAB, layers: int = 4):
+    """A hidden-32 Mamba-2 config matching :func:`tiny_llama_config` (for crossover demos)."""
+    from transformers import Mamba2Config
+
+    # num_heads · head_dim = expand · hidden (4 · 16 = 2 · 32); eps = the llama's rms_norm_eps
+    return Mamba2Config(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_heads=4, head_dim=16,
+                        expand=2, n_groups=1, state_size=16, conv_kernel=4, chunk_size=16, layer_norm_epsilon=1e-6,
+                        tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+
+
 def save_model(model, folder: Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
     """Save a model (and tokenizer) as safetensors into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,12 +129,13 @@ def build_demo_models(out_dir: str | os.PathLike, *, seed: int = 0, force: bool 
         force: rebuild even if the models are already there.
 
     Returns:
-        name → path for ``base``, ``parent_a``, ``parent_b`` and each recipe file.
+        name → path for ``base``, ``parent_a``, ``parent_b``, ``ssm`` (a tiny Mamba-2 with the
+        same tokenizer, for ``darwin crossover``) and each recipe file.
     """
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM, Mamba2ForCausalLM
 
     out = Path(out_dir).expanduser().resolve()
-    paths = {k: out / k for k in ("base", "parent_a", "parent_b")}
+    paths = {k: out / k for k in ("base", "parent_a", "parent_b", "ssm")}
     if force or not all((p / "config.json").exists() for p in paths.values()):
         torch.manual_seed(seed)
         tok = build_tokenizer()
@@ -132,6 +143,7 @@ def build_demo_models(out_dir: str | os.PathLike, *, seed: int = 0, force: bool 
         save_model(base, paths["base"], tok)
         save_model(perturbed(base, 0.001, seed + 1), paths["parent_a"], tok)
         save_model(perturbed(base, 0.001, seed + 2), paths["parent_b"], tok)
+        save_model(Mamba2ForCausalLM(tiny_mamba2_config()).eval(), paths["ssm"], tok)
     for name, text in RECIPES.items():
         p = out / name
         p.write_text(text.format(base=paths["base"], a=paths["parent_a"], b=paths["parent_b"]))

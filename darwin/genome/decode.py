@@ -169,12 +169,17 @@ RATIO_RULES: dict[str, Callable[[Mapping[str, float], TensorRole, int, float], f
     "layerwise": layerwise_ratio,
 }
 _SHARED_GENES = ("density_a", "density_b", "mri_trust", "merge_method_weight")
+# Cross-family decoders (darwin.genome.breeder): no DARE densities, trust or method mix.
+CROSS_DECODERS = ("crossover", "ffn_transplant")
 REQUIRED_GENES: dict[str, tuple[str, ...]] = {
     "darwin14": ("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio",
                  *(f"block_{i}_ratio" for i in range(6))),
     "layerwise": ("embed_ratio", "norm_ratio"),
+    "crossover": ("ffn_ratio", "embed_ratio"),
+    "ffn_transplant": (),
 }
-REQUIRED_PER_LAYER: dict[str, tuple[str, ...]] = {"darwin14": (), "layerwise": ("attn", "ffn")}
+REQUIRED_PER_LAYER: dict[str, tuple[str, ...]] = {"darwin14": (), "layerwise": ("attn", "ffn"),
+                                                  "crossover": ("mixer",), "ffn_transplant": ("ffn",)}
 
 
 def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_layers: int,
@@ -194,10 +199,11 @@ def check_values(spec: GenomeSpec, values: Mapping[str, float], num_layers: int)
     Raises:
         RecipeError: a missing, unknown or out-of-bounds gene.
     """
-    if spec.decoder not in RATIO_RULES:
-        raise RecipeError(f"genome {spec.name!r}: unknown decoder {spec.decoder!r} (known: {sorted(RATIO_RULES)})")
+    if spec.decoder not in REQUIRED_GENES:
+        raise RecipeError(f"genome {spec.name!r}: unknown decoder {spec.decoder!r} (known: {sorted(REQUIRED_GENES)})")
     genes = {g.name: g for g in spec.expand(num_layers)}
-    missing = [n for n in _SHARED_GENES + REQUIRED_GENES[spec.decoder] if n not in genes]
+    shared = () if spec.decoder in CROSS_DECODERS else _SHARED_GENES
+    missing = [n for n in shared + REQUIRED_GENES[spec.decoder] if n not in genes]
     per_layer = {g.name for g in spec.per_layer_genes}
     missing += [f"per_layer_genes.{n}" for n in REQUIRED_PER_LAYER[spec.decoder] if n not in per_layer]
     if missing:
@@ -229,6 +235,9 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
         replay it).
     """
     check_values(spec, values, layout.num_layers)
+    if spec.decoder not in RATIO_RULES:
+        raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} breeds parents of different families "
+                          "(use darwin.genome.breeder)")
     opt = spec.options
     lam = values["merge_method_weight"]
     dens = [values["density_a"], values["density_b"]]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from darwin.errors import RecipeError, describe_validation_error
 from darwin.io.yamlfile import load_yaml_mapping
-from darwin.genome.decode import decode, pair_layout
+from darwin.genome.breeder import make_breeder
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.plan import MergePlan
@@ -73,5 +73,5 @@ def plan_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
     spec = load_genome(rec.genome)
     refs = rec.parents + ([rec.base] if rec.base else [])
     ckpts = {r: Checkpoint(r) for r in refs}
-    layout = pair_layout(ckpts, rec.parents[0], rec.parents[1], rec.base, parse_dtype(rec.dtype))
-    return decode(spec, rec.values, layout, r_mri=rec.mri, seed=rec.seed), ckpts
+    breeder = make_breeder(spec, ckpts, rec.parents[0], rec.parents[1], rec.base, parse_dtype(rec.dtype))
+    return breeder.decode(spec, rec.values, r_mri=rec.mri, seed=rec.seed), ckpts

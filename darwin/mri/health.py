@@ -18,7 +18,8 @@ from darwin.mri.probe import layer_states
 
 @torch.no_grad()
 def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_layers: int,
-                 threshold: float = 0.9, max_length: int = 64) -> dict[str, Any]:
+                 threshold: float = 0.9, max_length: int = 64, b_layers: list[int] | None = None,
+                 b_num_layers: int | None = None) -> dict[str, Any]:
     """Per-layer similarity of the child's hidden states to each parent's.
 
     Args:
@@ -26,14 +27,19 @@ def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_l
         tokenizer: shared tokenizer.
         prompts: probe prompts (a few per family is enough).
         num_layers: decoder layers.
+        b_layers: parent B's layer compared with each child layer, when B has another depth (a
+            cross-family parent); default: the same index.
+        b_num_layers: parent B's decoder layers (default ``num_layers``).
         threshold: a layer departs from a parent when the mean cosine is below it.
 
     Returns:
         ``{"layers": [{"layer", "cos_a", "cos_b", "departs"}], "finite": bool, "flags": [str],
         "threshold": float}``.
     """
-    states = {k: layer_states(m, tokenizer, prompts, num_layers, max_length)
-              for k, m in (("child", child), ("a", parent_a), ("b", parent_b))}
+    b_layers = b_layers if b_layers is not None else list(range(num_layers))
+    states = {k: layer_states(m, tokenizer, prompts, n, max_length)
+              for k, m, n in (("child", child, num_layers), ("a", parent_a, num_layers),
+                              ("b", parent_b, b_num_layers or num_layers))}
     rows, flags, finite = [], [], True
     for i in range(num_layers):
         sims = {"a": [], "b": []}
@@ -41,8 +47,8 @@ def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_l
             yc = states["child"][p][i][1]
             if not torch.isfinite(yc).all():
                 finite = False
-            for k in ("a", "b"):
-                sims[k].append(torch.nn.functional.cosine_similarity(yc, states[k][p][i][1], dim=-1))
+            for k, j in (("a", i), ("b", b_layers[i])):
+                sims[k].append(torch.nn.functional.cosine_similarity(yc, states[k][p][j][1], dim=-1))
         ca = float(torch.cat(sims["a"]).mean())
         cb = float(torch.cat(sims["b"]).mean())
         departs = not (ca >= threshold or cb >= threshold)

@@ -34,12 +34,13 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from darwin.errors import DarwinError, OutputExistsError, RecipeError
-from darwin.genome.decode import PairLayout, check_values, decode, pair_layout, start_vector, vector_to_values
+from darwin.genome.breeder import Breeder, make_breeder
+from darwin.genome.decode import PairLayout, check_values, start_vector, vector_to_values
 from darwin.genome.spec import GenomeSpec, genome_ref, load_genome
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.writer import atomic_output_dir, check_output_dir
 from darwin.plan.execute import execute, resolve_device
-from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
 from darwin.plan.run import write_child
 from darwin.search.config import ParentsConfig, load_parents_config
@@ -69,22 +70,6 @@ class EvolveResult:
     baselines: dict[str, dict[str, Any]]
     history: list[dict[str, Any]]
     child_dir: Path | None
-
-
-# ----------------------------------------------------------------------------- baseline plans
-def fixed_plan(layout: PairLayout, kind: str) -> MergePlan:
-    """Plan for a baseline: ``"A"`` or ``"B"`` (copy that parent) or ``"uniform"`` (linear 0.5/0.5)."""
-    tasks = []
-    for s in layout.slots:
-        a, b = Source(layout.a, s.a), Source(layout.b, s.b)
-        if kind == "uniform":
-            tasks.append(TensorTask(s.name, s.shape, "linear", [a, b], None, {"normalize": True},
-                                    {"weight": [0.5, 0.5]}, None, s.role.component, s.role.layer))
-        else:
-            tasks.append(TensorTask(s.name, s.shape, "passthrough", [a if kind == "A" else b], None, {},
-                                    {"scale": [1.0]}, None, s.role.component, s.role.layer, "transplant"))
-    return MergePlan(tasks, layout.models, layout.a, layout.config, layout.out_dtype, layout.tied, layout.a,
-                     report=[ReportRow(t.out_name, t.action) for t in tasks], method=f"baseline:{kind}")
 
 
 # ----------------------------------------------------------------------------- run-folder files
@@ -239,10 +224,10 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     resolve_device(cfg.device)
     refs = cfg.parents + ([cfg.base] if cfg.base else [])
     ckpts = {r: Checkpoint(r) for r in refs}
-    layout = pair_layout(ckpts, cfg.parents[0], cfg.parents[1], cfg.base, dtype)
     spec = load_genome(cfg.genome)
-    genes = spec.expand(layout.num_layers)
-    check_values(spec, {g.name: g.start for g in genes}, layout.num_layers)
+    breeder = make_breeder(spec, ckpts, cfg.parents[0], cfg.parents[1], cfg.base, dtype)
+    genes = spec.expand(breeder.num_layers)
+    check_values(spec, {g.name: g.start for g in genes}, breeder.num_layers)
     fit = _as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))
     workers = workers if workers is not None else cfg.search.workers
     address = address if address is not None else cfg.search.address
@@ -253,21 +238,20 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
 
         require_ray()
     _prepare_out(out, cfg, resume, force)
-    r_mri = _mri_ratios(cfg, out, layout, cfg.device)
-    needed = {r: sorted({getattr(s, k) for s in layout.slots for k, ref in
-                         (("a", layout.a), ("b", layout.b), ("base", layout.base)) if ref == r})
-              for r in refs}
-    rspec = ResidentSpec({r: str(ckpts[r].path) for r in refs}, layout.a, dtype, cfg.device, needed)
+    if cfg.mri.enabled and not breeder.uses_mri:
+        log.info("genome %s breeds parents of different families: the MRI prior is not used", spec.name)
+    r_mri = _mri_ratios(cfg, out, breeder.layout, cfg.device) if breeder.uses_mri else None
+    rspec = ResidentSpec({r: str(ckpts[r].path) for r in refs}, breeder.a, dtype, cfg.device, breeder.needed())
     seed = cfg.search.seed
 
     def plan_of(x: list[float]) -> tuple[dict[str, float], MergePlan]:
-        values = vector_to_values(spec, x, layout.num_layers)
-        return values, decode(spec, values, layout, r_mri=r_mri, seed=seed)
+        values = vector_to_values(spec, x, breeder.num_layers)
+        return values, breeder.decode(spec, values, r_mri=r_mri, seed=seed)
 
-    check_plan_shapes(plan_of(start_vector(spec, layout.num_layers))[1], ckpts[layout.a])
+    check_plan_shapes(plan_of(start_vector(spec, breeder.num_layers))[1])
     evaluator = _make_evaluator(cfg, rspec, fit, workers, address)
     try:
-        return _run(cfg, out, spec, layout, ckpts, evaluator, plan_of, r_mri, seed, progress, write_outputs)
+        return _run(cfg, out, spec, breeder, ckpts, evaluator, plan_of, r_mri, seed, progress, write_outputs)
     finally:
         evaluator.close()
 
@@ -280,21 +264,20 @@ def _make_evaluator(cfg: ParentsConfig, rspec: ResidentSpec, fit, workers: int, 
     return RayEvaluator(rspec, fit, workers, address)
 
 
-def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, layout: PairLayout, ckpts, evaluator: Evaluator,
+def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, breeder: Breeder, ckpts, evaluator: Evaluator,
          plan_of, r_mri, seed: int, progress: bool, write_outputs: bool) -> EvolveResult:
-    genes = spec.expand(layout.num_layers)
+    genes = spec.expand(breeder.num_layers)
     base_file = out / "baselines.json"
     if base_file.exists():
         baselines = json.loads(base_file.read_text())
     else:
-        names = ("parent A", "parent B", "uniform 0.5")
-        recs = evaluator.run([fixed_plan(layout, kind) for kind in ("A", "B", "uniform")])
-        baselines = dict(zip(names, recs))
+        plans = breeder.baselines()
+        baselines = dict(zip(plans, evaluator.run(list(plans.values()))))
         _write_text_atomic(base_file, json.dumps(baselines, indent=2))
 
     popsize = cfg.search.popsize(len(genes))
     n_gen = cfg.search.num_generations(len(genes))
-    search = _Search(start_vector(spec, layout.num_layers), cfg.search.sigma0, popsize, seed)
+    search = _Search(start_vector(spec, breeder.num_layers), cfg.search.sigma0, popsize, seed)
     hist_file = out / "history.jsonl"
     history = read_history(hist_file)
     if history and hist_file.read_text().count("\n") != len(history):  # drop a torn last line
@@ -341,7 +324,7 @@ def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, layout: PairLayout, ck
         raise DarwinError("every candidate failed; see history.jsonl for the errors")
     child_dir = None
     if write_outputs:
-        child_dir = _write_outputs(out, cfg, spec, layout, ckpts, evaluator, best, baselines, r_mri, seed)
+        child_dir = _write_outputs(out, cfg, spec, breeder, ckpts, evaluator, best, baselines, r_mri, seed)
     return EvolveResult(out, best, baselines, history, child_dir)
 
 
@@ -378,7 +361,7 @@ def read_lineage(folder: Path) -> dict[str, Any]:
     return {"model": str(folder)}
 
 
-def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: PairLayout, ckpts, evaluator: Evaluator,
+def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, breeder: Breeder, ckpts, evaluator: Evaluator,
                    best: dict[str, Any], baselines: dict[str, Any], r_mri, seed: int) -> Path:
     from darwin.mri.health import health_check
     from darwin.mri.probe import load_probes
@@ -387,10 +370,10 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: Pair
     _write_text_atomic(out / "best_genome.yaml", yaml.safe_dump(
         {"genome": spec.name, "fitness": best["fitness"], "components": best["components"],
          "generation": best["generation"], "values": values}, sort_keys=False))
-    recipe = {"genome": genome_ref(spec), "parents": [layout.a, layout.b], "base": layout.base,
+    recipe = {"genome": genome_ref(spec), "parents": [breeder.a, breeder.b], "base": breeder.base,
               "values": values, "mri": r_mri, "dtype": cfg.dtype, "seed": seed}
     _write_text_atomic(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
-    plan = decode(spec, values, layout, r_mri=r_mri, seed=seed)
+    plan = breeder.decode(spec, values, r_mri=r_mri, seed=seed)
 
     # health check: the resident model holds the child; parents load from disk
     from transformers import AutoModelForCausalLM
@@ -399,15 +382,20 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, layout: Pair
     resident = evaluator.resident()
     resident.load_plan(plan)
     dev = resident.device
-    pa = AutoModelForCausalLM.from_pretrained(ckpts[layout.a].path, dtype=resident.dtype).to(dev).eval()
-    pb = AutoModelForCausalLM.from_pretrained(ckpts[layout.b].path, dtype=resident.dtype).to(dev).eval()
-    prompts = [p for ps in load_probes(tuple(cfg.mri.probes)).values() for p in ps[:3]]
-    health = health_check(resident.model, pa, pb, resident.tokenizer, prompts, layout.num_layers)
-    del pa, pb
+    if resident.tokenizer is None:  # tokenizer-free parents: no probe prompts to compare on
+        health = {"layers": [], "finite": all(bool(torch.isfinite(p).all()) for p in resident.model.parameters()),
+                  "flags": ["no tokenizer: layer-by-layer comparison skipped"], "threshold": None}
+    else:
+        pa = AutoModelForCausalLM.from_pretrained(ckpts[breeder.a].path, dtype=resident.dtype).to(dev).eval()
+        pb = AutoModelForCausalLM.from_pretrained(ckpts[breeder.b].path, dtype=resident.dtype).to(dev).eval()
+        prompts = [p for ps in load_probes(tuple(cfg.mri.probes)).values() for p in ps[:3]]
+        health = health_check(resident.model, pa, pb, resident.tokenizer, prompts, breeder.num_layers,
+                              b_layers=breeder.b_layers(), b_num_layers=breeder.b_num_layers)
+        del pa, pb
     _write_text_atomic(out / "health.json", json.dumps(health, indent=2))
 
     lineage = {"model": "child", "method": f"darwin evolve ({spec.name})", "fitness": best["fitness"],
-               "genes": values, "parents": [read_lineage(ckpts[r].path) for r in layout.models]}
+               "genes": values, "parents": [read_lineage(ckpts[r].path) for r in breeder.models]}
     rows = [f"| {k} | {v['fitness']:.5g} |" if v["fitness"] is not None else f"| {k} | failed |"
             for k, v in baselines.items()]
     table = "\n".join(["## Fitness", "", "| model | fitness |", "|---|---|", *rows,

@@ -29,20 +29,47 @@ def _check_shapes(plan: MergePlan, state: Mapping[str, torch.Tensor]) -> None:
                                      f"{list(p.shape)}")
 
 
-def check_plan_shapes(plan: MergePlan, model_ckpt: Checkpoint) -> None:
-    """Check ``plan`` against the model its resident would be built from, without loading weights.
-
-    The model is instantiated from ``model_ckpt``'s config on the meta device (no memory).
-
-    Raises:
-        CompatibilityError: naming the first child tensor that has no parameter or another shape.
-    """
+def _instantiate(config: dict[str, Any], dtype: torch.dtype, device: str | torch.device | None = None):
+    """A model of ``config`` with uninitialised weights (every parameter is about to be overwritten)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_ckpt.path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    _check_shapes(plan, model.state_dict(keep_vars=True))
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialise normally (slower, same result)
+        from contextlib import nullcontext as no_init_weights
+    cfg = AutoConfig.for_model(**config)
+    with no_init_weights():
+        if device == "meta":
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.tie_weights()
+    return model.eval()
+
+
+def check_plan_shapes(plan: MergePlan) -> None:
+    """Check ``plan`` against the model its config describes, without allocating weights.
+
+    The model is instantiated from ``plan.config`` on the meta device.
+
+    Raises:
+        CompatibilityError: naming the first child tensor that has no parameter or another shape,
+            or a parameter no task writes.
+    """
+    model = _instantiate(plan.config, plan.out_dtype, "meta")
+    state = model.state_dict(keep_vars=True)
+    _check_shapes(plan, state)
+    _check_covered(plan, model)
+
+
+def _check_covered(plan: MergePlan, model) -> None:
+    written = {t.out_name for t in plan.tasks}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():  # tied parameters are listed once
+        if name not in written and id(p) not in seen:
+            raise CompatibilityError(f"parameter {name!r} of the child model is written by no task of the plan")
+        seen.add(id(p))
 
 
 class ResidentModel:
@@ -74,6 +101,7 @@ class ResidentModel:
         has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
         self.tokenizer = AutoTokenizer.from_pretrained(path) if has_tok else None
         self.state = self.model.state_dict(keep_vars=True)
+        self._arch: str | None = None  # config of the current model once a plan has set it
 
     def check_plan(self, plan: MergePlan) -> None:
         """Every child tensor of ``plan`` exists in the resident model with the same shape.
@@ -83,9 +111,39 @@ class ResidentModel:
         """
         _check_shapes(plan, self.state)
 
+    def _ensure_architecture(self, plan: MergePlan) -> None:
+        """Rebuild the resident model when ``plan`` describes another architecture.
+
+        Same-family genomes keep one model for the whole search; a crossover candidate with another
+        layer pattern (or a baseline that rebuilds an SSM parent) gets a fresh model built from
+        its config with uninitialised weights (milliseconds once the classes are imported).
+        """
+        import json
+
+        arch = json.dumps({k: v for k, v in plan.config.items() if k not in ("dtype", "torch_dtype")},
+                          sort_keys=True, default=str)
+        if self._arch is None:
+            self._arch = arch  # the model built from model_ref serves the first plan if it fits
+            if not self._fits(plan):
+                self._arch = None
+        if arch != self._arch:
+            self.model = _instantiate(plan.config, self.dtype).to(self.device)
+            self.state = self.model.state_dict(keep_vars=True)
+            _check_covered(plan, self.model)
+            self._arch = arch
+
+    def _fits(self, plan: MergePlan) -> bool:
+        try:
+            _check_shapes(plan, self.state)
+            _check_covered(plan, self.model)
+        except CompatibilityError:
+            return False
+        return plan.config.get("model_type") == self.model.config.model_type
+
     @torch.no_grad()
     def load_plan(self, plan: MergePlan, batch_bytes: int | None = None) -> None:
         """Merge ``plan`` from the resident parents into the resident model's parameters."""
+        self._ensure_architecture(plan)
         for name, tensor in execute(plan, self.parents, device=self.device, batch_bytes=batch_bytes,
                                     out_dtype=self.dtype, to_cpu=False):
             self.state[name].copy_(tensor)

@@ -55,3 +55,11 @@ def fails_when_b_heavy(model, tokenizer) -> float:
     if int(abs(s) * 1e4) % 3 == 1:
         return float("nan")
     return -abs(s)
+
+
+def nll_fixed_ids(model, tokenizer) -> float:
+    """−mean NLL of a fixed random sequence of 24 tokens (ids < 128; tokenizer-free)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 128, (1, 24), generator=g)
+    with torch.no_grad():
+        return -float(model(input_ids=ids, labels=ids).loss)
