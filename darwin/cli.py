@@ -129,6 +129,11 @@ def evolve(
                                           "ray://head:10001); default: a local Ray instance when workers > 1."),
 ) -> None:
     """Breed a child of two parents: CMA-ES over a genome, candidates merged and scored in memory."""
+    _run_evolve(parents, output, resume, force, workers, address)
+
+
+def _run_evolve(parents, output: Path, resume: bool, force: bool, workers: Optional[int] = None,
+                address: Optional[str] = None) -> None:
     from darwin.search.evolve import evolve as run_evolve
 
     _quiet_transformers()
@@ -138,8 +143,8 @@ def evolve(
     except DarwinError as e:
         _fail(e)
     except KeyboardInterrupt:
-        console.print(f"interrupted; finished generations are saved: continue with "
-                      f"darwin evolve {parents} -o {output} --resume", highlight=False)
+        console.print(f"interrupted; finished generations are saved: continue with --resume -o {output}",
+                      highlight=False)
         raise typer.Exit(130) from None
     t = Table(title="fitness (higher is better)", show_edge=False)
     t.add_column("model")
@@ -154,6 +159,33 @@ def evolve(
                   "try a larger budget (search.generations) or another genome", highlight=False)
     out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (history.jsonl, fitness.png, recipe.yaml, "
               f"health.json)", highlight=False)
+
+
+@app.command()
+def golf(
+    models: list[str] = typer.Argument(..., help="One parent, or two of one family (folders or hub ids)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder (the child is OUTPUT/child)."),
+    max_params: str = typer.Option("100M", "--max-params", help="Parameter budget (tied embeddings once): 100M, 99_500_000…"),
+    min_context: int = typer.Option(1028, "--min-context", help="Minimum context window, checked on the saved child."),
+    text: Optional[list[Path]] = typer.Option(None, "--text", help="Text files or folders for the bits-per-byte fitness "
+                                              "(default: the MRI probe prompts)."),
+    population: int = typer.Option(8, "--population"),
+    generations: int = typer.Option(6, "--generations"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", help="Search device."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
+    force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
+) -> None:
+    """Cut MODEL to a parameter budget with no training: keep, drop and collapse layers (genome golf)."""
+    from darwin.mri.probe import PROBE_DIR
+
+    files = [str(t) for t in text] if text else [str(PROBE_DIR)]
+    cfg = {"parents": list(models), "genome": "golf", "mri": {"enabled": True},
+           "fitness": [{"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}],
+           "search": {"population": population, "generations": generations, "seed": seed,
+                      "constraints": {"max_params": max_params, "min_context": min_context}},
+           "device": device}
+    _run_evolve(cfg, output, resume, force)
 
 
 @app.command()

@@ -71,3 +71,18 @@ def child_config(config: dict[str, Any], *, dtype: torch.dtype, tied: bool,
     cfg["dtype"] = dtype_name(dtype)
     cfg["tie_word_embeddings"] = tied
     return cfg
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+
+
+def context_length(config: dict[str, Any]) -> int | None:
+    """The context window a config declares (``max_position_embeddings`` or its family alias).
+
+    Returns None for families without a declared limit (pure SSMs such as Mamba-2).
+    """
+    cfg = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+    for k in CONTEXT_KEYS:
+        if isinstance(cfg.get(k), int):
+            return cfg[k]
+    return None

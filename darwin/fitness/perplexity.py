@@ -68,12 +68,21 @@ class PerplexityFitness:
             self._ids, self._tok_key = ids[: self.max_tokens], id(tokenizer)
         return self._ids
 
-    @torch.no_grad()
-    def mean_nll(self, model, tokenizer) -> float:
-        """Mean negative log-likelihood per predicted token, in nats."""
+    def windows(self, tokenizer) -> list[torch.Tensor]:
+        """The scored windows (each ``[≤ window]`` int64, at least 2 tokens)."""
         ids = self.token_ids(tokenizer)
         windows = [ids[i:i + self.window] for i in range(0, ids.numel(), self.window)]
-        windows = [w for w in windows if w.numel() >= 2]
+        return [w for w in windows if w.numel() >= 2]
+
+    def mean_nll(self, model, tokenizer) -> float:
+        """Mean negative log-likelihood per predicted token, in nats."""
+        total, count = self.nll_sum(model, tokenizer)
+        return total / count
+
+    @torch.no_grad()
+    def nll_sum(self, model, tokenizer) -> tuple[float, int]:
+        """Total negative log-likelihood (nats) of the predicted tokens, and their count."""
+        windows = self.windows(tokenizer)
         device = next(model.parameters()).device
         total, count = 0.0, 0
         for i in range(0, len(windows), self.batch_size):
@@ -91,7 +100,7 @@ class PerplexityFitness:
             m = mask[:, 1:].to(device).bool()
             total += float(nll[m].double().sum())
             count += int(m.sum())
-        return total / count
+        return total, count
 
     def __call__(self, model, tokenizer) -> float:
         return -self.mean_nll(model, tokenizer)
@@ -100,3 +109,24 @@ class PerplexityFitness:
     def to_perplexity(fitness: float) -> float:
         """Fitness (−mean NLL) → perplexity."""
         return math.exp(-fitness)
+
+
+class BitsPerByteFitness(PerplexityFitness):
+    """``−bits per byte``: the NLL of the predicted tokens in bits over their UTF-8 bytes.
+
+    Comparable across tokenizers (a trimmed vocabulary, another family), unlike perplexity. The
+    bytes of a window are those of ``tokenizer.decode(window[1:])`` (the first token of each
+    window is context, not predicted). Same windows and determinism as :class:`PerplexityFitness`.
+    """
+
+    def predicted_bytes(self, tokenizer) -> int:
+        """UTF-8 bytes covered by the predicted tokens."""
+        return sum(len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in self.windows(tokenizer))
+
+    def bits_per_byte(self, model, tokenizer) -> float:
+        """NLL in bits per UTF-8 byte."""
+        total, _ = self.nll_sum(model, tokenizer)
+        return total / math.log(2) / self.predicted_bytes(tokenizer)
+
+    def __call__(self, model, tokenizer) -> float:
+        return -self.bits_per_byte(model, tokenizer)

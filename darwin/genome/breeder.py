@@ -17,7 +17,7 @@ Baselines (scored before the search): both parents as they are, and a neutral ch
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -59,8 +59,8 @@ class Breeder(Protocol):
         """Reference → tensor names any plan may read."""
         ...
 
-    def b_layers(self) -> list[int]:
-        """Parent B's layer compared with each child layer in the health check."""
+    def health_map(self, plan: MergePlan) -> dict[str, Any]:
+        """Keyword arguments of :func:`darwin.mri.health.health_check` mapping child layers to parents'."""
         ...
 
 
@@ -112,9 +112,9 @@ class PairBreeder:
                 out[lay.base].add(s.base)
         return {r: sorted(v) for r, v in out.items()}
 
-    def b_layers(self) -> list[int]:
-        """Same index."""
-        return list(range(self.num_layers))
+    def health_map(self, plan: MergePlan) -> dict[str, Any]:
+        """Same depth, same index."""
+        return {}
 
 
 class CrossBreeder:
@@ -160,19 +160,34 @@ class CrossBreeder:
         """Every stored tensor of both parents (the baselines rebuild each parent whole)."""
         return {r: sorted(self.layout.shapes[r]) for r in self.models}
 
-    def b_layers(self) -> list[int]:
+    def health_map(self, plan: MergePlan) -> dict[str, Any]:
         """B's layer ``⌊i·L_B / L⌋``."""
-        return list(self.layout.b_layer)
+        return {"b_layers": list(self.layout.b_layer), "b_num_layers": self.b_num_layers}
 
 
-def make_breeder(spec: GenomeSpec, checkpoints: Mapping[str, Checkpoint], a: str, b: str, base: str | None,
-                 out_dtype: torch.dtype) -> PairBreeder | CrossBreeder:
+def make_breeder(spec: GenomeSpec, checkpoints: Mapping[str, Checkpoint], parents: list[str], base: str | None,
+                 out_dtype: torch.dtype, max_params: int | None = None) -> Breeder:
     """The breeder the genome's decoder needs.
 
+    Args:
+        parents: two references (one or two for the ``golf`` decoder).
+        max_params: the parameter budget (required by ``golf``).
+
     Raises:
-        RecipeError: a base model with a cross-family decoder.
+        RecipeError: wrong number of parents, a base model with a decoder that takes none, a
+            golf genome without a budget.
         CompatibilityError: the parents cannot be bred by this decoder (named, before any weight is read).
     """
+    if spec.decoder == "golf":
+        if base:
+            raise RecipeError(f"genome {spec.name!r} (golf) takes no base model")
+        from darwin.genome.golf import GolfBreeder
+
+        return GolfBreeder(checkpoints, parents, max_params, out_dtype)
+    if len(parents) != 2:
+        raise RecipeError(f"genome {spec.name!r} ({spec.decoder}) breeds two parents; got {len(parents)} "
+                          "(merge others first with darwin merge, or evolve pairwise)")
+    a, b = parents
     if spec.decoder in CROSS_DECODERS:
         if base:
             raise RecipeError(f"genome {spec.name!r} ({spec.decoder}) breeds two parents of different families; "

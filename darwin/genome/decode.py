@@ -171,15 +171,19 @@ RATIO_RULES: dict[str, Callable[[Mapping[str, float], TensorRole, int, float], f
 _SHARED_GENES = ("density_a", "density_b", "mri_trust", "merge_method_weight")
 # Cross-family decoders (darwin.genome.breeder): no DARE densities, trust or method mix.
 CROSS_DECODERS = ("crossover", "ffn_transplant")
+# Decoders that read no DARE densities or method mix (cross-family and depth decoders).
+_OWN_GENES_ONLY = CROSS_DECODERS + ("golf",)
 REQUIRED_GENES: dict[str, tuple[str, ...]] = {
     "darwin14": ("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio",
                  *(f"block_{i}_ratio" for i in range(6))),
     "layerwise": ("embed_ratio", "norm_ratio"),
     "crossover": ("ffn_ratio", "embed_ratio"),
     "ffn_transplant": (),
+    "golf": ("mri_trust", "collapse"),
 }
 REQUIRED_PER_LAYER: dict[str, tuple[str, ...]] = {"darwin14": (), "layerwise": ("attn", "ffn"),
-                                                  "crossover": ("mixer",), "ffn_transplant": ("ffn",)}
+                                                  "crossover": ("mixer",), "ffn_transplant": ("ffn",),
+                                                  "golf": ("keep",)}
 
 
 def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_layers: int,
@@ -202,7 +206,7 @@ def check_values(spec: GenomeSpec, values: Mapping[str, float], num_layers: int)
     if spec.decoder not in REQUIRED_GENES:
         raise RecipeError(f"genome {spec.name!r}: unknown decoder {spec.decoder!r} (known: {sorted(REQUIRED_GENES)})")
     genes = {g.name: g for g in spec.expand(num_layers)}
-    shared = () if spec.decoder in CROSS_DECODERS else _SHARED_GENES
+    shared = () if spec.decoder in _OWN_GENES_ONLY else _SHARED_GENES
     missing = [n for n in shared + REQUIRED_GENES[spec.decoder] if n not in genes]
     per_layer = {g.name for g in spec.per_layer_genes}
     missing += [f"per_layer_genes.{n}" for n in REQUIRED_PER_LAYER[spec.decoder] if n not in per_layer]

@@ -38,6 +38,8 @@ class GenomeRecipe(BaseModel):
     mri: Optional[dict[str, float]] = None
     dtype: str = "float32"
     seed: int = 0
+    prior: Optional[list[float]] = None       # golf: the per-layer MRI prior (ranks) used in the search
+    max_params: Optional[int] = None          # golf: the parameter budget
 
 
 def is_genome_recipe(data: Any) -> bool:
@@ -61,8 +63,8 @@ def load_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
         rec = GenomeRecipe.model_validate(data)
     except ValidationError as e:
         raise describe_validation_error(where, "genome recipe", e) from None
-    if len(rec.parents) != 2:
-        raise RecipeError(f"{where}: a genome recipe needs exactly two parents, got {len(rec.parents)}")
+    if not 1 <= len(rec.parents) <= 2:
+        raise RecipeError(f"{where}: a genome recipe needs one or two parents, got {len(rec.parents)}")
     return rec
 
 
@@ -73,5 +75,7 @@ def plan_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
     spec = load_genome(rec.genome)
     refs = rec.parents + ([rec.base] if rec.base else [])
     ckpts = {r: Checkpoint(r) for r in refs}
-    breeder = make_breeder(spec, ckpts, rec.parents[0], rec.parents[1], rec.base, parse_dtype(rec.dtype))
+    breeder = make_breeder(spec, ckpts, rec.parents, rec.base, parse_dtype(rec.dtype), rec.max_params)
+    if rec.prior is not None:
+        breeder.set_prior_ranks(rec.prior)
     return breeder.decode(spec, rec.values, r_mri=rec.mri, seed=rec.seed), ckpts

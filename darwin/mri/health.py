@@ -18,7 +18,8 @@ from darwin.mri.probe import layer_states
 
 @torch.no_grad()
 def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_layers: int,
-                 threshold: float = 0.9, max_length: int = 64, b_layers: list[int] | None = None,
+                 threshold: float = 0.9, max_length: int = 64, a_layers: list[int] | None = None,
+                 a_num_layers: int | None = None, b_layers: list[int] | None = None,
                  b_num_layers: int | None = None) -> dict[str, Any]:
     """Per-layer similarity of the child's hidden states to each parent's.
 
@@ -27,18 +28,19 @@ def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_l
         tokenizer: shared tokenizer.
         prompts: probe prompts (a few per family is enough).
         num_layers: decoder layers.
-        b_layers: parent B's layer compared with each child layer, when B has another depth (a
-            cross-family parent); default: the same index.
-        b_num_layers: parent B's decoder layers (default ``num_layers``).
+        a_layers, b_layers: each parent's layer compared with each child layer, when a parent has
+            another depth (a cross-family parent, a pruned child); default: the same index.
+        a_num_layers, b_num_layers: each parent's decoder layers (default ``num_layers``).
         threshold: a layer departs from a parent when the mean cosine is below it.
 
     Returns:
         ``{"layers": [{"layer", "cos_a", "cos_b", "departs"}], "finite": bool, "flags": [str],
         "threshold": float}``.
     """
+    a_layers = a_layers if a_layers is not None else list(range(num_layers))
     b_layers = b_layers if b_layers is not None else list(range(num_layers))
     states = {k: layer_states(m, tokenizer, prompts, n, max_length)
-              for k, m, n in (("child", child, num_layers), ("a", parent_a, num_layers),
+              for k, m, n in (("child", child, num_layers), ("a", parent_a, a_num_layers or num_layers),
                               ("b", parent_b, b_num_layers or num_layers))}
     rows, flags, finite = [], [], True
     for i in range(num_layers):
@@ -47,7 +49,7 @@ def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_l
             yc = states["child"][p][i][1]
             if not torch.isfinite(yc).all():
                 finite = False
-            for k, j in (("a", i), ("b", b_layers[i])):
+            for k, j in (("a", a_layers[i]), ("b", b_layers[i])):
                 sims[k].append(torch.nn.functional.cosine_similarity(yc, states[k][p][j][1], dim=-1))
         ca = float(torch.cat(sims["a"]).mean())
         cb = float(torch.cat(sims["b"]).mean())

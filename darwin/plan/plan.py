@@ -112,6 +112,13 @@ class MergePlan:
         return {m: chr(ord("A") + i) if i < 26 else f"M{i}" for i, m in enumerate(self.models)}
 
     @property
+    def num_parameters(self) -> int:
+        """Parameters as a published checkpoint counts them: every stored tensor once (a tied head
+        is not stored, so it is not counted twice); equals ``sum(p.numel() for p in
+        model.parameters())`` of the loaded child."""
+        return sum(t.numel for t in self.tasks)
+
+    @property
     def output_bytes(self) -> int:
         """Size of the child's weights in bytes."""
         es = torch.empty((), dtype=self.out_dtype).element_size()

@@ -74,10 +74,8 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
         card_sections: extra markdown sections for the model card.
     """
     writer = ShardedWriter(folder, max_shard_bytes)
-    count = 0
     for name, tensor in tensors:
         writer.add(name, tensor)
-        count += tensor.numel()
     writer.finish()
     (folder / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True))
     ref = checkpoints[plan.reference].path
@@ -87,8 +85,13 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
     copy_generation_config(ref, folder)
     if plan.chat_template:
         write_chat_template(folder, plan.chat_template)
+    write_card(plan, folder, card_sections)
+
+
+def write_card(plan: MergePlan, folder: Path, sections: list[str] | None = None) -> None:
+    """(Re)write the child's model card: parents, method, recipe, parameter count, extra sections."""
     write_model_card(folder, parents=plan.models, method=plan.method, parameters=plan.recipe,
-                     num_parameters=count, dtype=dtype_name(plan.out_dtype), extra_sections=card_sections)
+                     num_parameters=plan.num_parameters, dtype=dtype_name(plan.out_dtype), extra_sections=sections)
 
 
 def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,

@@ -14,6 +14,7 @@ Example::
         weight: 0.5
       - python: mymodule:score
     search: {population: 8, generations: 10, sigma0: 0.5, seed: 0}   # or max_evaluations
+    #   + constraints: {max_params: 100M, min_context: 1028}   (candidates over budget are never scored)
     # optional: score candidates in parallel on Ray actors (pip install 'darwin-merge[ray]');
     # address joins a running cluster ("auto", "ray://head:10001"), else Ray starts locally
     #   search: {..., workers: 4, address: auto}
@@ -31,7 +32,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from darwin.errors import describe_validation_error
 from darwin.io.yamlfile import load_yaml_mapping
@@ -83,25 +84,72 @@ class LmEvalSpec(_Strict):
     batch_size: int = 4
 
 
+_KINDS = ("perplexity", "bits_per_byte", "lm_eval", "python")
+
+
 class FitnessEntry(_Strict):
-    """One fitness component: exactly one of ``perplexity``, ``lm_eval``, ``python``; plus ``weight``."""
+    """One fitness component: exactly one of ``perplexity``, ``bits_per_byte``, ``lm_eval``,
+    ``python``; plus ``weight``."""
 
     perplexity: Optional[PerplexitySpec] = None
+    bits_per_byte: Optional[PerplexitySpec] = None
     lm_eval: Optional[LmEvalSpec] = None
     python: Optional[str] = None
     weight: float = 1.0
 
     @model_validator(mode="after")
     def _one(self):
-        set_ = [k for k in ("perplexity", "lm_eval", "python") if getattr(self, k) is not None]
+        set_ = [k for k in _KINDS if getattr(self, k) is not None]
         if len(set_) != 1:
-            raise ValueError(f"a fitness entry needs exactly one of perplexity, lm_eval, python; got {set_ or 'none'}")
+            raise ValueError(f"a fitness entry needs exactly one of {', '.join(_KINDS)}; got {set_ or 'none'}")
         return self
 
     @property
     def kind(self) -> str:
-        """``perplexity``, ``lm_eval`` or ``python``."""
-        return next(k for k in ("perplexity", "lm_eval", "python") if getattr(self, k) is not None)
+        """``perplexity``, ``bits_per_byte``, ``lm_eval`` or ``python``."""
+        return next(k for k in _KINDS if getattr(self, k) is not None)
+
+
+def parse_count(value: Any, key: str) -> int | None:
+    """``100_000_000``, ``"100M"``, ``"1.5B"``, ``"800K"`` → int (None stays None).
+
+    Raises:
+        ValueError: not a positive count.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: expected a count, got {value!r}")
+    if isinstance(value, (int, float)):
+        n = int(value)
+    else:
+        text = str(value).strip().upper().replace("_", "")
+        mult = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}.get(text[-1:], 1)
+        try:
+            n = int(float(text[:-1] if mult > 1 else text) * mult)
+        except ValueError:
+            raise ValueError(f"{key}: expected a count like 100000000 or 100M, got {value!r}") from None
+    if n <= 0:
+        raise ValueError(f"{key}: must be > 0, got {value!r}")
+    return n
+
+
+class Constraints(_Strict):
+    """Hard limits on the child; a candidate that violates one is never evaluated.
+
+    Attributes:
+        max_params: parameter budget, counted as a published checkpoint counts them (tied
+            embeddings once); ``100M``-style strings are accepted.
+        min_context: minimum context window (the child config's ``max_position_embeddings``).
+    """
+
+    max_params: Optional[int] = None
+    min_context: Optional[int] = None
+
+    @field_validator("max_params", "min_context", mode="before")
+    @classmethod
+    def _count(cls, v, info):
+        return parse_count(v, info.field_name)
 
 
 class SearchConfig(_Strict):
@@ -119,6 +167,7 @@ class SearchConfig(_Strict):
     seed: int = 0
     workers: int = 1
     address: Optional[str] = None
+    constraints: Constraints = Constraints()
 
     @model_validator(mode="after")
     def _budget(self):
@@ -161,8 +210,8 @@ class ParentsConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if len(self.parents) < 2:
-            raise ValueError("give at least two parents")
+        if not self.parents:
+            raise ValueError("give at least one parent (two for merge genomes)")
         if not self.fitness:
             raise ValueError("give at least one fitness entry")
         return self
@@ -183,8 +232,9 @@ def _resolve(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     fits = []
     for e in data.get("fitness") or []:
         e = dict(e) if isinstance(e, dict) else e
-        if isinstance(e, dict) and isinstance(e.get("perplexity"), dict):
-            e["perplexity"] = {**e["perplexity"], "files": [fix(f) for f in e["perplexity"].get("files", [])]}
+        for kind in ("perplexity", "bits_per_byte"):
+            if isinstance(e, dict) and isinstance(e.get(kind), dict):
+                e[kind] = {**e[kind], "files": [fix(f) for f in e[kind].get("files", [])]}
         if isinstance(e, dict) and isinstance(e.get("lm_eval"), dict) and e["lm_eval"].get("include_path"):
             e["lm_eval"] = {**e["lm_eval"], "include_path": fix(e["lm_eval"]["include_path"])}
         if isinstance(e, dict) and isinstance(e.get("python"), str) and ".py:" in e["python"]:

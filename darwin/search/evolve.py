@@ -42,7 +42,7 @@ from darwin.io.writer import atomic_output_dir, check_output_dir
 from darwin.plan.execute import execute, resolve_device
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
-from darwin.plan.run import write_child
+from darwin.plan.run import write_card, write_child
 from darwin.search.config import ParentsConfig, load_parents_config
 from darwin.search.plot import plot_history
 from darwin.search.evaluator import Evaluator, LocalEvaluator
@@ -51,6 +51,7 @@ from darwin.search.scoring import build_fitness
 
 log = logging.getLogger("darwin.evolve")
 FAILED_LOSS = 1e30  # CMA-ES minimises; a failed candidate ranks last (CMA-ES is rank-based)
+INFEASIBLE_LOSS = 1e20  # + violation: below every feasible candidate, above every failed one
 
 
 @dataclass
@@ -158,6 +159,42 @@ def _mri_ratios(cfg: ParentsConfig, out: Path, layout: PairLayout, device: str) 
     return r
 
 
+def _layer_prior(cfg: ParentsConfig, out: Path, ref: str, device: str) -> list[float]:
+    """Per-layer Block Influence of ``ref`` on the probe prompts (cached in ``OUT/layer_prior.json``)."""
+    path = out / "layer_prior.json"
+    if path.exists():
+        return json.loads(path.read_text())["block_influence"]
+    from darwin.mri.scan import scan_model
+
+    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    scan = scan_model(ref, families=tuple(cfg.mri.probes), device=dev)
+    bi = list(scan.probe["bi"]["overall"])
+    _write_text_atomic(path, json.dumps({"model": ref, "block_influence": bi,
+                                         "source": "MRI probe, Block Influence 1 − cos(h_in, h_out)"}, indent=1))
+    return bi
+
+
+def constraint_violation(plan: MergePlan, constraints) -> tuple[float, str | None]:
+    """How far ``plan`` is outside the constraints (0 if inside) and why.
+
+    The violation is the relative excess ``params / max_params − 1`` plus the relative context
+    shortfall ``1 − context / min_context``; CMA-ES ranks infeasible candidates by it, below every
+    feasible one.
+    """
+    from darwin.arch.config import context_length
+
+    v, why = 0.0, []
+    n = plan.num_parameters
+    if constraints.max_params is not None and n > constraints.max_params:
+        v += n / constraints.max_params - 1
+        why.append(f"{n:,} parameters > max_params {constraints.max_params:,}")
+    ctx = context_length(plan.config)
+    if constraints.min_context is not None and ctx is not None and ctx < constraints.min_context:
+        v += 1 - ctx / constraints.min_context
+        why.append(f"context {ctx} < min_context {constraints.min_context}")
+    return v, ("constraint violated: " + "; ".join(why)) if why else None
+
+
 # ----------------------------------------------------------------------------- the search
 class _Search:
     """CMA-ES with a protected numpy random stream (see module doc)."""
@@ -180,8 +217,9 @@ class _Search:
         np.random.set_state(saved)
         return [list(map(float, x)) for x in xs]
 
-    def tell(self, xs: list[list[float]], fitness: list[float | None]) -> None:
-        losses = [FAILED_LOSS if f is None else -f for f in fitness]
+    def tell(self, xs: list[list[float]], cands: list[dict[str, Any]]) -> None:
+        losses = [-c["fitness"] if c["fitness"] is not None else
+                  INFEASIBLE_LOSS * (1 + c["violation"]) if c.get("violation") else FAILED_LOSS for c in cands]
         saved = np.random.get_state()
         np.random.set_state(self.rng)
         self.es.tell([np.asarray(x) for x in xs], losses)
@@ -215,9 +253,6 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
         RecipeError, CheckpointError, CompatibilityError, OutputExistsError, DarwinError.
     """
     cfg = load_parents_config(config)
-    if len(cfg.parents) != 2:
-        raise RecipeError(f"the genome decoders breed two parents; got {len(cfg.parents)} "
-                          "(merge others first with darwin merge, or evolve pairwise)")
     out = Path(out_dir).expanduser().resolve()
     # everything that can fail on bad input is checked before the run folder is touched
     dtype = parse_dtype(cfg.dtype, "dtype")
@@ -225,7 +260,7 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     refs = cfg.parents + ([cfg.base] if cfg.base else [])
     ckpts = {r: Checkpoint(r) for r in refs}
     spec = load_genome(cfg.genome)
-    breeder = make_breeder(spec, ckpts, cfg.parents[0], cfg.parents[1], cfg.base, dtype)
+    breeder = make_breeder(spec, ckpts, cfg.parents, cfg.base, dtype, cfg.search.constraints.max_params)
     genes = spec.expand(breeder.num_layers)
     check_values(spec, {g.name: g.start for g in genes}, breeder.num_layers)
     fit = _as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))
@@ -238,9 +273,11 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
 
         require_ray()
     _prepare_out(out, cfg, resume, force)
-    if cfg.mri.enabled and not breeder.uses_mri:
+    if cfg.mri.enabled and not breeder.uses_mri and not hasattr(breeder, "set_prior"):
         log.info("genome %s breeds parents of different families: the MRI prior is not used", spec.name)
     r_mri = _mri_ratios(cfg, out, breeder.layout, cfg.device) if breeder.uses_mri else None
+    if hasattr(breeder, "set_prior"):  # golf: Block Influence of parent A is the depth prior
+        breeder.set_prior(_layer_prior(cfg, out, breeder.a, cfg.device))
     rspec = ResidentSpec({r: str(ckpts[r].path) for r in refs}, breeder.a, dtype, cfg.device, breeder.needed())
     seed = cfg.search.seed
 
@@ -288,7 +325,7 @@ def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, breeder: Breeder, ckpt
         if len(xs) != len(stored) or not np.allclose(xs, stored, rtol=0, atol=1e-12):
             raise DarwinError(f"{hist_file}: generation {rec['generation']} does not replay with this seed "
                               "and configuration")
-        search.tell(stored, [c["fitness"] for c in rec["candidates"]])
+        search.tell(stored, rec["candidates"])
 
     best = _best(history)
     t_start = time.perf_counter()
@@ -307,9 +344,18 @@ def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, breeder: Breeder, ckpt
                     log.warning("candidate failed (%s) with genome %s", rec["error"], decoded[i][0])
                 bar.update(job, advance=1, gen=g + 1, last=f"{rec['worker']} {rec['seconds']:.1f}s")
 
-            recs = evaluator.run([plan for _, plan in decoded], done)
-            cands = [{"x": x, "genes": values, **rec} for x, (values, _), rec in zip(xs, decoded, recs)]
-            search.tell(xs, [c["fitness"] for c in cands])
+            checks = [constraint_violation(plan, cfg.search.constraints) for _, plan in decoded]
+            feasible = [i for i, (v, _) in enumerate(checks) if v == 0]
+            scored = dict(zip(feasible, evaluator.run([decoded[i][1] for i in feasible],
+                                                      lambda k, rec: done(feasible[k], rec))))
+            cands = []
+            for i, (x, (values, plan)) in enumerate(zip(xs, decoded)):
+                rec = scored.get(i) or {"fitness": None, "components": {}, "error": checks[i][1], "seconds": 0.0,
+                                        "worker": None, "violation": round(checks[i][0], 6)}
+                if i not in scored:  # never evaluated
+                    bar.update(job, advance=1, gen=g + 1, last="infeasible")
+                cands.append({"x": x, "genes": values, "parameters": plan.num_parameters, **rec})
+            search.tell(xs, cands)
             record = {"generation": g, "candidates": cands, "sigma": float(search.es.sigma),
                       "elapsed_s": round(time.perf_counter() - t_start, 3)}
             gbest = _best([record])
@@ -321,7 +367,7 @@ def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, breeder: Breeder, ckpt
             plot_history(history, {k: v["fitness"] for k, v in baselines.items()}, out / "fitness.png")
             bar.update(job, best=_fmt(best))
     if best is None:
-        raise DarwinError("every candidate failed; see history.jsonl for the errors")
+        raise DarwinError("every candidate failed or violated a constraint; see history.jsonl for the errors")
     child_dir = None
     if write_outputs:
         child_dir = _write_outputs(out, cfg, spec, breeder, ckpts, evaluator, best, baselines, r_mri, seed)
@@ -370,10 +416,11 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, breeder: Bre
     _write_text_atomic(out / "best_genome.yaml", yaml.safe_dump(
         {"genome": spec.name, "fitness": best["fitness"], "components": best["components"],
          "generation": best["generation"], "values": values}, sort_keys=False))
-    recipe = {"genome": genome_ref(spec), "parents": [breeder.a, breeder.b], "base": breeder.base,
-              "values": values, "mri": r_mri, "dtype": cfg.dtype, "seed": seed}
-    _write_text_atomic(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     plan = breeder.decode(spec, values, r_mri=r_mri, seed=seed)
+    recipe = {"genome": genome_ref(spec), "parents": breeder.models[:2] if breeder.base is None else
+              [breeder.a, breeder.b], "base": breeder.base, "values": values, "mri": r_mri, "dtype": cfg.dtype,
+              "seed": seed, **{k: plan.recipe[k] for k in ("prior", "max_params") if k in plan.recipe}}
+    _write_text_atomic(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
 
     # health check: the resident model holds the child; parents load from disk
     from transformers import AutoModelForCausalLM
@@ -389,8 +436,10 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, breeder: Bre
         pa = AutoModelForCausalLM.from_pretrained(ckpts[breeder.a].path, dtype=resident.dtype).to(dev).eval()
         pb = AutoModelForCausalLM.from_pretrained(ckpts[breeder.b].path, dtype=resident.dtype).to(dev).eval()
         prompts = [p for ps in load_probes(tuple(cfg.mri.probes)).values() for p in ps[:3]]
-        health = health_check(resident.model, pa, pb, resident.tokenizer, prompts, breeder.num_layers,
-                              b_layers=breeder.b_layers(), b_num_layers=breeder.b_num_layers)
+        from darwin.arch.mapper import num_layers
+
+        health = health_check(resident.model, pa, pb, resident.tokenizer, prompts, num_layers(plan.config),
+                              **breeder.health_map(plan))
         del pa, pb
     _write_text_atomic(out / "health.json", json.dumps(health, indent=2))
 
@@ -404,6 +453,18 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, breeder: Bre
     sections = [table,
                 "## Health check\n\n" + f"finite: {health['finite']}; flags: " + "; ".join(flags),
                 "## Lineage\n\n```json\n" + json.dumps(lineage, indent=1) + "\n```"]
+    c = cfg.search.constraints
+    if c.max_params is not None or c.min_context is not None:
+        from darwin.search.constraints import constraint_card, verify_child
+
+        with atomic_output_dir(out / "child", force=True) as tmp:
+            write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9)
+            report = verify_child(Path(tmp), c, cfg)
+            _write_text_atomic(out / "constraints.json", json.dumps(report, indent=2))
+            sections.insert(0, constraint_card(report, ckpts[breeder.a].path))
+            write_card(plan, Path(tmp), sections)
+            (Path(tmp) / "lineage.json").write_text(json.dumps(lineage, indent=1))
+        return out / "child"
     with atomic_output_dir(out / "child", force=True) as tmp:
         write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9,
                     card_sections=sections)

@@ -6,17 +6,18 @@ from collections.abc import Callable
 from typing import Any
 
 from darwin.fitness.base import CombinedFitness, Component
-from darwin.fitness.perplexity import PerplexityFitness
+from darwin.fitness.perplexity import BitsPerByteFitness, PerplexityFitness
 from darwin.fitness.python import load_callable
 from darwin.search.config import FitnessEntry
 
 
 def build_component(entry: FitnessEntry) -> Component:
     """One fitness component from a config entry (named after its kind and data)."""
-    if entry.kind == "perplexity":
-        p = entry.perplexity
-        fn: Callable[[Any, Any], float] = PerplexityFitness(p.files, p.max_tokens, p.window, p.batch_size)
-        return Component("perplexity", fn, entry.weight)
+    if entry.kind in ("perplexity", "bits_per_byte"):
+        p = getattr(entry, entry.kind)
+        cls = PerplexityFitness if entry.kind == "perplexity" else BitsPerByteFitness
+        fn: Callable[[Any, Any], float] = cls(p.files, p.max_tokens, p.window, p.batch_size)
+        return Component(entry.kind, fn, entry.weight)
     if entry.kind == "lm_eval":
         from darwin.fitness.lm_eval import LmEvalFitness
 

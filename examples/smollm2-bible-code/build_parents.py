@@ -22,6 +22,36 @@ from pathlib import Path
 import torch
 
 
+def train_loop(model, streams: list[torch.Tensor], opt, *, steps: int, seq: int, batch: int, seed: int,
+               label: str, log=print, every: int = 10, sched=None, clip_params=None) -> list[float]:
+    """``steps`` AdamW steps on random windows (bf16 autocast); step ``k`` samples ``streams[k % len]``.
+
+    Returns:
+        the loss of every step.
+    """
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        ids = streams[step % len(streams)]
+        starts = torch.randint(0, ids.numel() - seq - 1, (batch,), generator=g)
+        x = torch.stack([ids[s:s + seq] for s in starts.tolist()])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        if clip_params is not None:
+            torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % every == 0 or step == steps - 1:
+            log(f"  [{label}] step {step + 1}/{steps} loss {losses[-1]:.3f} ({time.perf_counter() - t0:.0f} s)")
+    return losses
+
+
 def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: int = 256, batch: int = 2,
              lr: float = 1e-4, seed: int = 0, label: str = "", log=print) -> Path:
     """Full fine-tune of ``base`` on random windows of ``train_text``; writes ``out`` (cached)."""
@@ -35,22 +65,10 @@ def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: i
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     ids = tok(train_text.read_text(), add_special_tokens=False, return_tensors="pt").input_ids[0]
-    g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
     t0 = time.perf_counter()
-    losses = []
-    for step in range(steps):
-        starts = torch.randint(0, ids.numel() - seq - 1, (batch,), generator=g)
-        x = torch.stack([ids[s:s + seq] for s in starts.tolist()])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 10 == 0 or step == steps - 1:
-            log(f"  [{label}] step {step + 1}/{steps} loss {losses[-1]:.3f} ({time.perf_counter() - t0:.0f} s)")
+    losses = train_loop(model, [ids], opt, steps=steps, seq=seq, batch=batch, seed=seed, label=label, log=log,
+                        every=10)
     model.eval()
     with atomic_output_dir(out, force=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from build_parents import train_loop  # examples/smollm2-bible-code (run_demo.py puts it on sys.path)
+
 LAYERS, HEADS, HEAD_DIM, STATE = 4, 18, 64, 64  # 18 × 64 = 2 × 576 (expand 2)
 
 
@@ -45,26 +47,12 @@ def build_ssm_parent(smollm2: Path, data: Path, out: Path, *, steps: int = 400, 
     model.backbone.embeddings.weight.requires_grad_(False)
     texts = [tok((data / f"train_{k}.txt").read_text(), add_special_tokens=False, return_tensors="pt").input_ids[0]
              for k in ("kjv", "code")]
-    g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
-    model.train()
-    t0, losses = time.perf_counter(), []
-    for step in range(steps):
-        ids = texts[step % 2]
-        starts = torch.randint(0, ids.numel() - seq - 1, (batch,), generator=g)
-        x = torch.stack([ids[s:s + seq] for s in starts.tolist()])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 50 == 0 or step == steps - 1:
-            log(f"  [mamba2] step {step + 1}/{steps} loss {losses[-1]:.3f} ({time.perf_counter() - t0:.0f} s)")
+    t0 = time.perf_counter()
+    losses = train_loop(model, texts, opt, steps=steps, seq=seq, batch=batch, seed=seed, label="mamba2", log=log,
+                        every=50, sched=sched, clip_params=params)
     model.eval()
     with atomic_output_dir(out, force=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

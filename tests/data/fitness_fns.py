@@ -63,3 +63,10 @@ def nll_fixed_ids(model, tokenizer) -> float:
     ids = torch.randint(3, 128, (1, 24), generator=g)
     with torch.no_grad():
         return -float(model(input_ids=ids, labels=ids).loss)
+
+
+def counted_nll(model, tokenizer) -> float:
+    """:func:`nll_fixed_ids`, appending a line to the file DARWIN_TEST_CALLS on every call."""
+    with open(os.environ["DARWIN_TEST_CALLS"], "a") as f:
+        f.write("call\n")
+    return nll_fixed_ids(model, tokenizer)

@@ -1,0 +1,98 @@
+"""Check a written child against ``search.constraints`` from its saved files, and say so in its card.
+
+* parameters: the child is loaded with ``AutoModelForCausalLM`` and ``sum(p.numel() for p in
+  model.parameters())`` counted (parameters shared by tied embeddings count once, as a published
+  checkpoint counts them);
+* context: the config's declared window (``max_position_embeddings``) must reach ``min_context``,
+  and one window of exactly ``min_context`` tokens is scored: its perplexity must be finite (a
+  child that cannot attend over the window fails here, not in a user's hands).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from darwin.arch.config import context_length
+from darwin.errors import DarwinError
+
+
+def _window_text(cfg) -> str:
+    """Text for the context check: the perplexity / bits-per-byte fitness files, else the probes."""
+    from darwin.fitness.perplexity import collect_files
+    from darwin.mri.probe import load_probes
+
+    files = [f for e in cfg.fitness for kind in ("perplexity", "bits_per_byte") if getattr(e, kind) is not None
+             for f in getattr(e, kind).files]
+    if files:
+        return "\n\n".join(p.read_text(errors="replace") for p in collect_files(files))
+    return "\n\n".join(p for ps in load_probes().values() for p in ps)
+
+
+@torch.no_grad()
+def verify_child(folder: Path, constraints, cfg) -> dict[str, Any]:
+    """Measure the saved child against the constraints.
+
+    Returns:
+        ``{"parameters", "max_params", "params_ok", "context", "min_context", "context_ok",
+        "window_tokens", "window_perplexity"}``.
+
+    Raises:
+        DarwinError: the child violates a constraint (it is not put in place).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    n = sum(p.numel() for p in model.parameters())
+    config = json.loads((folder / "config.json").read_text())
+    ctx = context_length(config)
+    rep: dict[str, Any] = {"parameters": n, "max_params": constraints.max_params,
+                           "params_ok": constraints.max_params is None or n <= constraints.max_params,
+                           "context": ctx, "min_context": constraints.min_context, "context_ok": True}
+    if constraints.min_context is not None:
+        L = constraints.min_context
+        tok = AutoTokenizer.from_pretrained(folder)
+        text = _window_text(cfg)
+        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+        while ids.numel() < L:  # short texts are repeated to fill the window
+            ids = torch.cat([ids, ids])
+        window = ids[:L].unsqueeze(0)
+        loss = float(model(input_ids=window, labels=window).loss)
+        rep.update(window_tokens=L, window_perplexity=math.exp(loss) if math.isfinite(loss) else None)
+        rep["context_ok"] = (ctx is None or ctx >= L) and math.isfinite(loss)
+    if not (rep["params_ok"] and rep["context_ok"]):
+        raise DarwinError(f"the child violates the constraints: {rep}")
+    return rep
+
+
+def parent_licence(folder: Path) -> str | None:
+    """The parent's licence: darwin zoo metadata, else the model card's ``license:`` field."""
+    zoo = folder / "ZOO.json"
+    if zoo.exists():
+        lic = json.loads(zoo.read_text()).get("licence")
+        if lic:
+            return str(lic)
+    card = folder / "README.md"
+    if card.exists():
+        for line in card.read_text(errors="replace").splitlines()[:40]:
+            if line.strip().lower().startswith("license:"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def constraint_card(rep: dict[str, Any], parent: Path) -> str:
+    """Model-card section: exact parameter count, context length, how both were checked, licence."""
+    lines = ["## Size, context and licence", "",
+             f"- parameters: **{rep['parameters']:,}** (`sum(p.numel() for p in model.parameters())` of the saved "
+             "model; tied embeddings counted once)" + (f", budget {rep['max_params']:,}" if rep["max_params"] else "")]
+    if rep.get("min_context") is not None:
+        lines.append(f"- context: {rep['context']} positions declared; a {rep['window_tokens']}-token window scores "
+                     f"perplexity {rep['window_perplexity']:.3f} (required: {rep['min_context']})")
+    lic = parent_licence(parent)
+    lines.append(f"- licence: {lic} (inherited from the parent)" if lic else
+                 "- licence: see the parents' licences")
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""Model golf: parameter counting, depth operators (drop, collapse), constraints, a tiny golf run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import darwin
+from darwin.errors import DarwinError
+from darwin.genome.golf import GolfBreeder, rank_prior
+from darwin.io.checkpoint import Checkpoint
+from darwin.plan.depth import choose_depth
+from tiny_families import build_parents, load_tensors, read_config
+
+FITNESS_FILE = Path(__file__).parent / "data" / "fitness_fns.py"
+
+
+def _loaded_count(folder: Path) -> int:
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _breeder(folder: Path, budget: int | None = None) -> tuple[GolfBreeder, dict]:
+    ck = {str(folder): Checkpoint(folder)}
+    return GolfBreeder(ck, [str(folder)], budget or 10**12, torch.float32), ck
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_count_matches_loaded_model(tmp_path, tied):
+    a, _ = build_parents("llama", tmp_path, tie_word_embeddings=tied)
+    br, ck = _breeder(a)
+    plan = br.plan(choose_depth(2, [1], 0.0))
+    res = darwin.merge((plan, ck), tmp_path / "child", progress=False)
+    assert plan.num_parameters == _loaded_count(res.out_dir)
+    full = br.plan(choose_depth(2, [0, 1], 0.0))
+    assert full.num_parameters == _loaded_count(a)
+    head = 0 if tied else 128 * 32  # an untied head is a stored tensor; a tied one is counted once
+    assert full.num_parameters - plan.num_parameters == br.layer_params[0]
+    assert br.fixed_params == 128 * 32 + 32 + head  # embedding + final norm (+ head)
+
+
+@pytest.mark.parametrize("collapse", [0.0, 0.5, 1.0])
+def test_drop_and_collapse_give_loadable_models_with_per_layer_config(tmp_path, collapse):
+    a, _ = build_parents("gemma3_text", tmp_path)  # 4 layers, layer_types alternate sliding/full
+    br, ck = _breeder(a)
+    choice = choose_depth(4, [0, 3], collapse)
+    assert choice.folded == ((1, 2), ())
+    res = darwin.merge((br.plan(choice), ck), tmp_path / "child", progress=False)
+    cfg, parent_cfg = read_config(res.out_dir), read_config(a)
+    assert cfg["num_hidden_layers"] == 2
+    assert cfg["layer_types"] == [parent_cfg["layer_types"][0], parent_cfg["layer_types"][3]]
+    model = AutoModelForCausalLM.from_pretrained(res.out_dir).eval()
+    assert model.config.num_hidden_layers == 2 and len(model.model.layers) == 2
+    ids = torch.tensor([[1, 5, 9, 17]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    # LaCo golden value, computed independently: θ0 + c·((θ1 − θ0) + (θ2 − θ0)); layer 3 → child layer 1 unchanged
+    t, child = load_tensors(a), load_tensors(res.out_dir)
+    n = "model.layers.{}.mlp.up_proj.weight"
+    want = t[n.format(0)] + collapse * ((t[n.format(1)] - t[n.format(0)]) + (t[n.format(2)] - t[n.format(0)]))
+    torch.testing.assert_close(child[n.format(0)], want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(child[n.format(1)], t[n.format(3)])
+
+
+def test_budget_fit_and_prior_ranks(tmp_path):
+    a, _ = build_parents("llama", tmp_path, num_hidden_layers=4)
+    full = _breeder(a)[0]
+    budget = full.fixed_params + 2 * full.layer_params[0]
+    br, _ = _breeder(a, budget)
+    assert br.fit([0.1, 0.9, 0.5, 0.7]) == [1, 3]
+    assert rank_prior([0.3, 0.1, 0.9, 0.2]) == pytest.approx([2 / 3, 0.0, 1.0, 1 / 3])
+    br.set_prior([0.3, 0.1, 0.9, 0.2])
+    assert br.shortgpt().config["num_hidden_layers"] == 2
+    assert [t.inputs[0].tensor for t in br.shortgpt().tasks if t.out_name.endswith("0.mlp.up_proj.weight")] == \
+        ["model.layers.0.mlp.up_proj.weight"]  # layers 0 and 2 have the highest Block Influence
+    with pytest.raises(DarwinError, match="cannot fit"):
+        _breeder(a, full.fixed_params)
+
+
+def test_constraint_violating_candidates_are_never_evaluated(demo, tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("DARWIN_TEST_CALLS", str(calls))
+    size = _loaded_count(demo["parent_a"])
+    cfg = {"parents": [str(demo["parent_a"]), str(demo["parent_b"])], "genome": "darwin14", "mri": {"enabled": False},
+           "fitness": [{"python": f"{FITNESS_FILE}:counted_nll"}],
+           "search": {"population": 4, "generations": 2, "seed": 0, "constraints": {"max_params": size - 1}}}
+    with pytest.raises(DarwinError, match="violated a constraint"):
+        darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False)
+    assert len(calls.read_text().splitlines()) == 3  # the three baselines only
+    hist = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    cands = [c for h in hist for c in h["candidates"]]
+    assert len(cands) == 8 and all(c["fitness"] is None and "max_params" in c["error"] for c in cands)
+    assert all(c["parameters"] == size and c["violation"] > 0 for c in cands)
+
+
+def test_tiny_golf_run_meets_budget_loads_and_generates(demo, tmp_path):
+    size = _loaded_count(demo["parent_a"])
+    br = _breeder(Path(demo["parent_a"]))[0]
+    budget = br.fixed_params + 2 * br.layer_params[0] + 10  # 2 of 4 layers fit
+    darwin_cli = Path(sys.executable).with_name("darwin")
+    p = subprocess.run([darwin_cli, "golf", demo["parent_a"], demo["parent_b"], "-o", tmp_path / "run",
+                        "--max-params", str(budget), "--min-context", "200", "--population", "4",
+                        "--generations", "2"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    child = tmp_path / "run" / "child"
+    model = AutoModelForCausalLM.from_pretrained(child).eval()
+    n = sum(q.numel() for q in model.parameters())
+    assert n <= budget < size and model.config.num_hidden_layers == 2
+    rep = json.loads((tmp_path / "run" / "constraints.json").read_text())
+    assert rep["parameters"] == n and rep["params_ok"] and rep["context_ok"] and rep["window_tokens"] == 200
+    card = (child / "README.md").read_text()
+    assert f"{n:,}" in card and "context" in card
+    base = json.loads((tmp_path / "run" / "baselines.json").read_text())
+    assert "ShortGPT (drop lowest BI)" in base and base["ShortGPT (drop lowest BI)"]["fitness"] is not None
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 7)
+    assert (tmp_path / "run" / "layer_prior.json").exists()
