@@ -1,0 +1,117 @@
+"""Benchmark: model golf at 100M parameters from SmolLM2-135M, darwin vs ShortGPT pruning.
+
+Held-out bits per byte (1024-token windows, 2 windows per text) on KJV (Ruth 3–4), stdlib code
+(shlex + fractions) and Python-docs prose, for:
+
+* SmolLM2-135M itself (reference; over budget);
+* ShortGPT pruning to the same budget: drop the layers with the lowest Block Influence on the MRI
+  probe prompts (arXiv 2403.03853), no search;
+* the darwin golf child: ``darwin golf``'s genome (Block-Influence prior fused with searched keep
+  scores, LaCo layer collapse) searched with CMA-ES on the *search* split (Ruth 1–2 +
+  zipimport.py, bits per byte), never on the held-out texts.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_golf.py [--max-params 100M] [--population 8] [--generations 6]
+
+Needs the zoo model and the text splits of ``examples/smollm2-bible-code`` (built if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "examples" / "smollm2-bible-code"))
+
+
+def heldout_bpb(folder: Path, data: Path) -> dict:
+    """Bits per byte on each held-out text, and the parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin.fitness.perplexity import BitsPerByteFitness
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    out = {"parameters": sum(p.numel() for p in model.parameters()), "layers": model.config.num_hidden_layers}
+    for name in ("kjv", "code", "prose"):
+        f = BitsPerByteFitness([data / f"heldout_{name}.txt"], max_tokens=2048, window=1024, batch_size=1)
+        out[name] = round(f.bits_per_byte(model, tok), 4)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-params", default="100M")
+    ap.add_argument("--population", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=6)
+    ap.add_argument("--parents", choices=["base", "specialists"], default="base",
+                    help="base: SmolLM2 alone; specialists: the two fine-tuned parents of the SmolLM2 example")
+    ap.add_argument("--work", type=Path, default=HERE / "_work" / "golf")
+    args = ap.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    import darwin
+    from darwin.io.checkpoint import Checkpoint
+    from darwin.search.config import parse_count
+    from darwin.zoo import build as zoo_build
+    from data import write_splits
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    cache = REPO / ".cache"
+    smol = zoo_build("smollm2", cache / "zoo" / "smollm2")
+    data = cache / "smollm2-bible-code" / "data"
+    if not (data / "heldout_prose.txt").exists():
+        write_splits(data)
+    parents = [str(smol)]
+    if args.parents == "specialists":
+        from build_parents import build_parents
+
+        ps = build_parents(smol, data, cache / "smollm2-bible-code" / "parents")
+        parents = [str(ps["kjv"]), str(ps["code"])]
+    budget = parse_count(args.max_params, "max_params")
+    args.work.mkdir(parents=True, exist_ok=True)
+    cfg = {"parents": parents, "genome": "golf", "mri": {"enabled": True},
+           "fitness": [{"bits_per_byte": {"files": [str(data / "search_kjv.txt"), str(data / "search_code.txt")],
+                                          "max_tokens": 2048, "window": 1024, "batch_size": 1}}],
+           "search": {"population": args.population, "generations": args.generations, "seed": 0,
+                      "constraints": {"max_params": budget, "min_context": 1028}},
+           "device": "cpu"}
+    t0 = time.perf_counter()
+    run = darwin.evolve(cfg, args.work / f"run-{args.parents}", force=True, progress=sys.stderr.isatty())
+    search_s = time.perf_counter() - t0
+
+    from darwin.genome.golf import GolfBreeder
+    import torch
+
+    ck = {p: Checkpoint(p) for p in parents}
+    br = GolfBreeder(ck, parents[:1], budget, torch.float32)
+    br.set_prior(json.loads((run.out_dir / "layer_prior.json").read_text())["block_influence"])
+    shortgpt = darwin.merge((br.shortgpt(), ck), args.work / "shortgpt", force=True, progress=False).out_dir
+    rows = [("SmolLM2-135M (reference, over budget)", smol), (f"ShortGPT to {args.max_params}", shortgpt),
+            (f"darwin golf ({args.parents})", run.child_dir)]
+    res = []
+    for name, folder in rows:
+        res.append({"name": name, **heldout_bpb(Path(folder), data)})
+    ref = res[0]
+    for r in res[1:]:
+        r["vs_reference"] = {k: round(r[k] / ref[k] - 1, 4) for k in ("kjv", "code", "prose")}
+    best_genes = run.best["genes"]
+    summary = {"budget": budget, "search_seconds": round(search_s, 1),
+               "evaluations": sum(len(h["candidates"]) for h in run.history), "best_fitness": run.best["fitness"],
+               "baselines": {k: v["fitness"] for k, v in run.baselines.items()},
+               "mri_trust": best_genes["mri_trust"], "collapse": best_genes["collapse"],
+               "constraints": json.loads((run.out_dir / "constraints.json").read_text()), "models": res}
+    (args.work / f"summary-{args.parents}.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
