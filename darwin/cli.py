@@ -188,6 +188,24 @@ def golf(
     _run_evolve(cfg, output, resume, force)
 
 
+@app.command("trim-vocab")
+def trim_vocab(
+    model: str = typer.Argument(..., help="Model folder (or hub id) with a byte-level BPE tokenizer.json."),
+    output: Path = typer.Option(..., "-o", "--output", help="Child folder to write."),
+    corpus: list[Path] = typer.Option(..., "--corpus", help="Text files or folders whose tokens are kept."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> None:
+    """Keep only the tokens CORPUS uses: smaller embedding, tokenizer rewritten consistently."""
+    from darwin.plan.trim import trim_vocab as run_trim
+
+    try:
+        r = run_trim(model, [str(c) for c in corpus], output, force=force)
+    except DarwinError as e:
+        _fail(e)
+    out.print(f"wrote {r.out_dir}: vocabulary {r.old_vocab:,} → {r.new_vocab:,}, parameters "
+              f"{r.parameters_before:,} → {r.parameters_after:,} (corpus: {r.corpus_tokens:,} tokens)", highlight=False)
+
+
 @app.command()
 def crossover(
     transformer: str = typer.Argument(..., help="Transformer parent (Llama/Mistral family): folder or hub id."),

@@ -1,0 +1,143 @@
+"""``darwin trim-vocab``: a child whose vocabulary keeps only the tokens a reference corpus uses.
+
+The width operator of model golf (docs/golf.md): the embedding rows (and the rows of an untied
+head) of the dropped tokens are removed and the tokenizer is rewritten consistently
+(:mod:`darwin.arch.vocab`); every other tensor is copied unchanged. Text the corpus does not cover
+still encodes, in shorter pieces, so compare such models by bits per byte, not perplexity.
+The child is written atomically; its card and ``lineage.json`` record the corpus and the sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from darwin.arch.mapper import ArchMap
+from darwin.arch.vocab import trim_bpe_tokenizer
+from darwin.errors import CheckpointError, CompatibilityError
+from darwin.io.card import write_model_card
+from darwin.io.checkpoint import Checkpoint
+from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir
+
+_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
+_COPY = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+
+
+@dataclass
+class TrimResult:
+    """Outcome of :func:`trim_vocab`.
+
+    Attributes:
+        out_dir: the child folder.
+        old_vocab, new_vocab: vocabulary sizes (rows of the embedding).
+        parameters_before, parameters_after: stored parameter counts (tied head once).
+        corpus_tokens: tokens in the reference corpus.
+    """
+
+    out_dir: Path
+    old_vocab: int
+    new_vocab: int
+    parameters_before: int
+    parameters_after: int
+    corpus_tokens: int
+
+
+def _remap(value, new_id: dict[int, int]):
+    if isinstance(value, list):
+        return [new_id[v] for v in value if v in new_id]
+    return new_id.get(value, value) if isinstance(value, int) else value
+
+
+def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_dir: str | os.PathLike, *,
+               force: bool = False) -> TrimResult:
+    """Write ``model`` with its vocabulary trimmed to the tokens ``corpus`` uses.
+
+    Args:
+        model: a folder (or hub id) with ``tokenizer.json`` (byte-level BPE).
+        corpus: text files or folders (sorted, read as UTF-8) that define the kept tokens.
+        out_dir: child folder (refused if it exists unless ``force``).
+
+    Returns:
+        a :class:`TrimResult`.
+
+    Raises:
+        CheckpointError: no ``tokenizer.json``.
+        CompatibilityError: a tokenizer trimming does not support, or vocabulary-sized tensors
+            that are not the embedding or head.
+        OutputExistsError: ``out_dir`` exists and ``force`` is False.
+    """
+    from transformers import AutoTokenizer
+
+    from darwin.fitness.perplexity import collect_files
+
+    check_output_dir(out_dir, force=force)
+    ck = Checkpoint(model)
+    config = dict(ck.require_config())
+    tj_path = ck.path / "tokenizer.json"
+    if not tj_path.exists():
+        raise CheckpointError(f"{ck.path}: no tokenizer.json (vocabulary trimming rewrites it)")
+    tok = AutoTokenizer.from_pretrained(ck.path)
+    used: set[int] = set()
+    n_tokens = 0
+    for f in collect_files(corpus):
+        ids = tok(f.read_text(errors="replace"), add_special_tokens=False).input_ids
+        used.update(ids)
+        n_tokens += len(ids)
+    for k in _ID_KEYS:
+        v = config.get(k)
+        used.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
+    new_tj, kept = trim_bpe_tokenizer(json.loads(tj_path.read_text()), used)
+    new_id = {old: k for k, old in enumerate(kept)}
+    vocab = int(config.get("vocab_size") or len(kept))
+    if kept[-1] >= vocab:
+        raise CompatibilityError(f"{ck.path}: the tokenizer has id {kept[-1]} but the model only {vocab} rows")
+    amap = ArchMap.build(config, ck.tensor_names)
+    rows = torch.tensor(kept, dtype=torch.long)
+    vocab_tensors = [n for n in ck.tensor_names if ck.meta[n].shape and ck.meta[n].shape[0] == vocab]
+    bad = [n for n in vocab_tensors if amap.roles[n].component not in ("embed", "head")]
+    if bad:
+        raise CompatibilityError(f"{ck.path}: tensors {bad} have vocabulary-sized rows but are not the embedding or "
+                                 "head; trimming them is not supported")
+    numel = lambda n: int(torch.Size(ck.meta[n].shape).numel())  # noqa: E731
+    before = sum(numel(n) for n in ck.tensor_names)
+    after = before - sum(numel(n) // vocab * (vocab - len(kept)) for n in vocab_tensors)
+    config["vocab_size"] = len(kept)
+    for k in _ID_KEYS:
+        if k in config:
+            config[k] = _remap(config[k], new_id)
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        tmp = Path(tmp)
+        writer = ShardedWriter(tmp, 5 * 10**9)
+        for n in ck.tensor_names:
+            t = ck.get(n)
+            writer.add(n, t.index_select(0, rows).contiguous() if n in vocab_tensors else t)
+        writer.finish()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / "tokenizer.json").write_text(json.dumps(new_tj, ensure_ascii=False))
+        for name in _COPY:
+            if (ck.path / name).exists():
+                shutil.copy2(ck.path / name, tmp / name)
+        gen = ck.path / "generation_config.json"
+        if gen.exists():
+            g = json.loads(gen.read_text())
+            for k in _ID_KEYS:
+                if k in g:
+                    g[k] = _remap(g[k], new_id)
+            (tmp / "generation_config.json").write_text(json.dumps(g, indent=2))
+        details = {"vocab_before": vocab, "vocab_after": len(kept), "corpus": [str(c) for c in corpus],
+                   "corpus_tokens": n_tokens, "parameters_before": before, "parameters_after": after}
+        write_model_card(tmp, parents=[str(model)], method="vocab-trim", parameters=details, num_parameters=after,
+                         dtype=str(config.get("dtype") or config.get("torch_dtype") or "float32"),
+                         extra_sections=["## Vocabulary trimming\n\nOnly tokens the corpus uses are kept (plus the "
+                                         "byte alphabet, special tokens and the merge inputs that build kept "
+                                         "tokens); other text still encodes in shorter pieces. Compare by bits "
+                                         "per byte."])
+        (tmp / "lineage.json").write_text(json.dumps({"model": "child", "method": "vocab-trim", **details,
+                                                      "parents": [{"model": str(model)}]}, indent=1))
+    ck.close()
+    return TrimResult(Path(out_dir).expanduser().resolve(), vocab, len(kept), before, after, n_tokens)
