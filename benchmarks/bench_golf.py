@@ -7,8 +7,12 @@ Held-out bits per byte (1024-token windows, 2 windows per text) on KJV (Ruth 3�
 * ShortGPT pruning to the same budget: drop the layers with the lowest Block Influence on the MRI
   probe prompts (arXiv 2403.03853), no search;
 * the darwin golf child: ``darwin golf``'s genome (Block-Influence prior fused with searched keep
-  scores, LaCo layer collapse) searched with CMA-ES on the *search* split (Ruth 1–2 +
-  zipimport.py, bits per byte), never on the held-out texts.
+  scores, LaCo layer collapse) searched with CMA-ES on the *search* split (one 1024-token window
+  each of Ruth 1–2, zipimport.py and five Python-docs topics; bits per byte), never on the
+  held-out texts;
+* with ``--trim``: the vocabulary is first trimmed to the tokens of the training texts (KJV
+  without Ruth, the stdlib training code, Python-docs topics other than the held-out and search
+  ones), and ShortGPT and golf both start from the trimmed parent.
 
 Usage::
 
@@ -53,6 +57,9 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=6)
     ap.add_argument("--parents", choices=["base", "specialists"], default="base",
                     help="base: SmolLM2 alone; specialists: the two fine-tuned parents of the SmolLM2 example")
+    ap.add_argument("--trim", action="store_true",
+                    help="width operator first: keep only the tokens of the training texts (KJV without Ruth, stdlib "
+                         "code, Python-docs topics except the held-out ones)")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "golf")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
@@ -78,14 +85,33 @@ def main() -> None:
         parents = [str(ps["kjv"]), str(ps["code"])]
     budget = parse_count(args.max_params, "max_params")
     args.work.mkdir(parents=True, exist_ok=True)
+    tag = args.parents + ("-trim" if args.trim else "")
+    if args.trim:
+        from pydoc_data.topics import topics
+
+        from darwin.plan.trim import trim_vocab
+
+        held = {"assignment", "for", "if", "while", "with",  # the held-out prose (data.py)
+                "try", "class", "function", "import", "return"}  # the search prose
+        docs = args.work / "pydoc_train.txt"
+        docs.write_text("\n\n".join(v for k, v in sorted(topics.items()) if k not in held))
+        corpus = [str(data / "train_kjv.txt"), str(data / "train_code.txt"), str(docs)]
+        parents = [str(trim_vocab(p, corpus, args.work / f"trimmed-{i}", force=True).out_dir)
+                   for i, p in enumerate(parents)]
+    # search split: one 1024-token window each of KJV (Ruth 1-2), code (zipimport.py) and prose (Python-docs
+    # topics that are neither held out nor ... used elsewhere), equally weighted
+    prose = args.work / "search_prose.txt"
+    from pydoc_data.topics import topics
+
+    prose.write_text("\n\n".join(topics[k] for k in ("try", "class", "function", "import", "return")))
     cfg = {"parents": parents, "genome": "golf", "mri": {"enabled": True},
-           "fitness": [{"bits_per_byte": {"files": [str(data / "search_kjv.txt"), str(data / "search_code.txt")],
-                                          "max_tokens": 2048, "window": 1024, "batch_size": 1}}],
+           "fitness": [{"bits_per_byte": {"files": [str(f)], "max_tokens": 1024, "window": 1024, "batch_size": 1}}
+                       for f in (data / "search_kjv.txt", data / "search_code.txt", prose)],
            "search": {"population": args.population, "generations": args.generations, "seed": 0,
                       "constraints": {"max_params": budget, "min_context": 1028}},
            "device": "cpu"}
     t0 = time.perf_counter()
-    run = darwin.evolve(cfg, args.work / f"run-{args.parents}", force=True, progress=sys.stderr.isatty())
+    run = darwin.evolve(cfg, args.work / f"run-{tag}", force=True, progress=sys.stderr.isatty())
     search_s = time.perf_counter() - t0
 
     from darwin.genome.golf import GolfBreeder
@@ -94,9 +120,10 @@ def main() -> None:
     ck = {p: Checkpoint(p) for p in parents}
     br = GolfBreeder(ck, parents[:1], budget, torch.float32)
     br.set_prior(json.loads((run.out_dir / "layer_prior.json").read_text())["block_influence"])
-    shortgpt = darwin.merge((br.shortgpt(), ck), args.work / "shortgpt", force=True, progress=False).out_dir
-    rows = [("SmolLM2-135M (reference, over budget)", smol), (f"ShortGPT to {args.max_params}", shortgpt),
-            (f"darwin golf ({args.parents})", run.child_dir)]
+    shortgpt = darwin.merge((br.shortgpt(), ck), args.work / f"shortgpt-{tag}", force=True, progress=False).out_dir
+    rows = [("SmolLM2-135M (reference, over budget)", smol),
+            (f"ShortGPT to {args.max_params}" + (" (trimmed vocab)" if args.trim else ""), shortgpt),
+            (f"darwin golf ({tag})", run.child_dir)]
     res = []
     for name, folder in rows:
         res.append({"name": name, **heldout_bpb(Path(folder), data)})
@@ -109,7 +136,7 @@ def main() -> None:
                "baselines": {k: v["fitness"] for k, v in run.baselines.items()},
                "mri_trust": best_genes["mri_trust"], "collapse": best_genes["collapse"],
                "constraints": json.loads((run.out_dir / "constraints.json").read_text()), "models": res}
-    (args.work / f"summary-{args.parents}.json").write_text(json.dumps(summary, indent=2))
+    (args.work / f"summary-{tag}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 

@@ -172,6 +172,9 @@ def golf(
     population: int = typer.Option(8, "--population"),
     generations: int = typer.Option(6, "--generations"),
     seed: int = typer.Option(0, "--seed"),
+    trim_corpus: Optional[list[Path]] = typer.Option(None, "--trim-corpus", help="Width operator (off by default): "
+                                                     "first keep only the tokens these texts use (darwin trim-vocab), "
+                                                     "into OUTPUT-trimmed-<i> (refused if it exists, unless --force)."),
     device: str = typer.Option("auto", help="Search device."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
     force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
@@ -180,12 +183,41 @@ def golf(
     from darwin.mri.probe import PROBE_DIR
 
     files = [str(t) for t in text] if text else [str(PROBE_DIR)]
+    created: list[Path] = []
+    if trim_corpus:
+        from darwin.plan.trim import trim_vocab as run_trim
+
+        trimmed = []
+        try:
+            for i, m in enumerate(models):
+                dest = output.parent / f"{output.name}-trimmed-{i}"
+                if resume and (dest / "lineage.json").exists():  # the trimmed parent of the run being resumed
+                    trimmed.append(str(dest))
+                    continue
+                trimmed.append(str(run_trim(m, [str(c) for c in trim_corpus], dest, force=force).out_dir))
+                created.append(dest)
+        except DarwinError as e:
+            _remove(created)
+            _fail(e)
+        models = trimmed
     cfg = {"parents": list(models), "genome": "golf", "mri": {"enabled": True},
            "fitness": [{"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}],
            "search": {"population": population, "generations": generations, "seed": seed,
                       "constraints": {"max_params": max_params, "min_context": min_context}},
            "device": device}
-    _run_evolve(cfg, output, resume, force)
+    try:
+        _run_evolve(cfg, output, resume, force)
+    except typer.Exit as e:
+        if e.exit_code != 0 and not (output / "history.jsonl").exists():
+            _remove(created)  # nothing was searched: do not leave the trimmed parents behind
+        raise
+
+
+def _remove(folders: list[Path]) -> None:
+    import shutil
+
+    for f in folders:
+        shutil.rmtree(f, ignore_errors=True)
 
 
 @app.command("trim-vocab")

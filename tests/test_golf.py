@@ -120,3 +120,59 @@ def test_tiny_golf_run_meets_budget_loads_and_generates(demo, tmp_path):
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 7)
     assert (tmp_path / "run" / "layer_prior.json").exists()
+
+
+def test_golf_refuses_unreachable_context_before_writing(demo, tmp_path):
+    cfg = {"parents": [str(demo["parent_a"])], "genome": "golf", "mri": {"enabled": False},
+           "fitness": [{"python": f"{FITNESS_FILE}:nll_fixed_ids"}],
+           "search": {"population": 2, "generations": 1, "constraints": {"max_params": 45_000, "min_context": 1028}}}
+    from darwin.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="min_context = 1028.*context window is 256"):
+        darwin.evolve(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_golf_on_mamba2_and_on_a_hybrid_with_collapse(demo, tmp_path):
+    """Non-finite config values (Mamba-2's time_step_limit) and mixed layer kinds (Bamba) both work."""
+    hybrid = darwin.crossover(str(demo["parent_a"]), str(demo["ssm"]), tmp_path / "hybrid", mixers="ABBA",
+                              progress=False).out_dir
+    for name, folder in (("ssm", Path(demo["ssm"])), ("hybrid", hybrid)):
+        full = _breeder(folder)[0]
+        br, ck = _breeder(folder, full.fixed_params + sum(sorted(full.layer_params)[:2]))
+        plan = br.plan(choose_depth(4, br.fit([0.9, 0.2, 0.1, 0.8]), 0.5))
+        res = darwin.merge((plan, ck), tmp_path / f"{name}-child", progress=False)
+        model = AutoModelForCausalLM.from_pretrained(res.out_dir).eval()
+        assert model.config.num_hidden_layers == 2
+        assert sum(p.numel() for p in model.parameters()) == plan.num_parameters <= br.max_params
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits).all()
+
+
+def test_trim_corpus_folder_is_not_overwritten_and_outputs_cannot_replace_parents(demo, tmp_path):
+    darwin_cli = Path(sys.executable).with_name("darwin")
+    (tmp_path / "c.txt").write_text("The quick brown fox. Hello world.\n")
+    keep = tmp_path / "g-trimmed-0"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("x")
+    p = subprocess.run([darwin_cli, "golf", demo["parent_a"], "-o", tmp_path / "g", "--max-params", "45K",
+                        "--min-context", "200", "--trim-corpus", tmp_path / "c.txt"], capture_output=True, text=True)
+    assert p.returncode == 2 and "exists" in p.stderr and (keep / "precious.txt").read_text() == "x"
+    p = subprocess.run([darwin_cli, "golf", demo["parent_a"], "-o", tmp_path / "h", "--max-params", "10K",
+                        "--min-context", "200", "--trim-corpus", tmp_path / "c.txt"], capture_output=True, text=True)
+    assert p.returncode == 2 and "cannot fit" in p.stderr
+    assert not (tmp_path / "h-trimmed-0").exists() and not (tmp_path / "h").exists()
+    import shutil
+
+    shutil.copytree(demo["parent_a"], tmp_path / "pa")
+    from darwin.errors import RecipeError
+    from darwin.plan.trim import trim_vocab
+
+    with pytest.raises(RecipeError, match="is parent"):
+        darwin.crossover(str(tmp_path / "pa"), str(demo["ssm"]), tmp_path / "pa", mixers="ABAB", force=True,
+                         progress=False)
+    with pytest.raises(RecipeError, match="is the model being trimmed"):
+        trim_vocab(tmp_path / "pa", [tmp_path / "c.txt"], tmp_path / "pa", force=True)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DarwinError, match="no text files|no tokens|contain no text"):
+        trim_vocab(tmp_path / "pa", [tmp_path / "empty.txt"], tmp_path / "t")
+    assert (tmp_path / "pa" / "model.safetensors").exists() and not (tmp_path / "t").exists()

@@ -86,3 +86,21 @@ def context_length(config: dict[str, Any]) -> int | None:
         if isinstance(cfg.get(k), int):
             return cfg[k]
     return None
+
+
+_SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def decode_special_floats(obj: Any) -> Any:
+    """Undo transformers' JSON tagging of non-finite floats (``{"__float__": "Infinity"}`` → ``inf``).
+
+    transformers ≥ 5 writes ``inf``/``nan`` config values (e.g. Mamba-2's ``time_step_limit``) in
+    this form; a config dict read with plain ``json`` must be decoded before it builds a config.
+    """
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"} and obj["__float__"] in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[obj["__float__"]]
+        return {k: decode_special_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_special_floats(v) for v in obj]
+    return obj

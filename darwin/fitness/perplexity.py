@@ -20,8 +20,12 @@ from darwin.errors import DarwinError
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json", ".jsonl", ".csv", ".tex", ".html")
 
 
-def collect_files(paths: list[str | os.PathLike]) -> list[Path]:
+def collect_files(paths: list[str | os.PathLike], what: str = "perplexity fitness") -> list[Path]:
     """Expand files and folders (recursively, text suffixes only), sorted, deduplicated.
+
+    Args:
+        paths: files or folders.
+        what: what the files are for, used in error messages.
 
     Raises:
         DarwinError: a path does not exist, or nothing readable was found.
@@ -33,10 +37,10 @@ def collect_files(paths: list[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise DarwinError(f"perplexity fitness: {p}: no such file or folder")
+            raise DarwinError(f"{what}: {p}: no such file or folder")
     out = list(dict.fromkeys(out))
     if not out:
-        raise DarwinError(f"perplexity fitness: no text files in {[str(p) for p in paths]}")
+        raise DarwinError(f"{what}: no text files in {[str(p) for p in paths]}")
     return out
 
 
@@ -50,9 +54,13 @@ class PerplexityFitness:
         batch_size: windows per forward pass.
     """
 
+    label = "perplexity fitness"
+
     def __init__(self, files: list[str | os.PathLike], max_tokens: int = 2048, window: int = 512,
                  batch_size: int = 4):
-        self.files = collect_files(files)
+        self.files = collect_files(files, self.label)
+        if not any(f.read_text(errors="replace").strip() for f in self.files):
+            raise DarwinError(f"{self.label}: {[str(f) for f in self.files]} contain no text")
         self.max_tokens, self.window, self.batch_size = max_tokens, window, batch_size
         self._ids: torch.Tensor | None = None
         self._tok_key: int | None = None
@@ -64,7 +72,7 @@ class PerplexityFitness:
             text = sep.join(f.read_text(errors="replace") for f in self.files)
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
             if ids.numel() < 2:
-                raise DarwinError(f"perplexity fitness: fewer than 2 tokens in {self.files}")
+                raise DarwinError(f"{self.label}: fewer than 2 tokens in {[str(f) for f in self.files]}")
             self._ids, self._tok_key = ids[: self.max_tokens], id(tokenizer)
         return self._ids
 
@@ -118,6 +126,8 @@ class BitsPerByteFitness(PerplexityFitness):
     bytes of a window are those of ``tokenizer.decode(window[1:])`` (the first token of each
     window is context, not predicted). Same windows and determinism as :class:`PerplexityFitness`.
     """
+
+    label = "bits_per_byte fitness"
 
     def predicted_bytes(self, tokenizer) -> int:
         """UTF-8 bytes covered by the predicted tokens."""

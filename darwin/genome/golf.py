@@ -72,7 +72,11 @@ class GolfBreeder:
         self.a = parents[0]
         self.b = parents[-1]
         if len(parents) == 2:
-            pair_layout(checkpoints, parents[0], parents[1], None, out_dtype)  # same family, shapes, tokenizer
+            types = [checkpoints[r].require_config().get("model_type") for r in parents]
+            if types[0] != types[1]:
+                raise CompatibilityError(f"golf parents must be one family: {parents[0]} is {types[0]}, "
+                                         f"{parents[1]} is {types[1]}")
+            pair_layout(checkpoints, parents[0], parents[1], None, out_dtype)  # same shapes and tokenizer
         ck = checkpoints[self.a]
         self.config = ck.require_config()
         self.amap = ArchMap.build(self.config, ck.tensor_names)
@@ -160,11 +164,13 @@ class GolfBreeder:
         return self.plan(choose_depth(self.num_layers, self.fit(self.prior), 0.0), 0.0, "baseline:shortgpt")
 
     def baselines(self) -> dict[str, MergePlan]:
-        """The parents as they are (over budget; reference) and ShortGPT pruning to the budget."""
+        """The parents as they are (a reference; labelled when over budget) and ShortGPT pruning."""
         full = choose_depth(self.num_layers, list(range(self.num_layers)), 0.0)
-        out = {"parent A (over budget)": self.plan(full, 0.0, "baseline:A")}
+        plans = {"A": self.plan(full, 0.0, "baseline:A")}
         if len(self.parents) == 2:
-            out["parent B (over budget)"] = self.plan(full, 1.0, "baseline:B")
+            plans["B"] = self.plan(full, 1.0, "baseline:B")
+        out = {f"parent {k}" + (" (over budget)" if p.num_parameters > self.max_params else ""): p
+               for k, p in plans.items()}
         out["ShortGPT (drop lowest BI)"] = self.shortgpt()
         return out
 

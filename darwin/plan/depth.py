@@ -7,7 +7,8 @@ et al., "LaCo: Large Language Model Pruning via Layer Collapse", arXiv 2402.1118
 ``l, l+1, …, l+m`` is folded into layer ``l`` as ``θ*_l = θ_l + c·Σ_{k=1..m} (θ_{l+k} − θ_l)``,
 with ``c = 1`` LaCo's rule and ``c = 0`` a plain drop (ShortGPT-style, arXiv 2403.03853). Since the
 result is a linear combination of same-shaped tensors, the task is the ``linear`` kernel with
-weights ``1 − c·m`` and ``c`` (unnormalised). With two parents of the same family the kept layer
+weights ``1 − c·m`` and ``c`` (unnormalised). In a hybrid (attention and SSM layers) a removed
+layer only folds into the tensors it shares with the kept layer. With two parents of the same family the kept layer
 is a blend: weights are multiplied by ``1 − r`` for parent A and ``r`` for parent B.
 """
 
@@ -75,7 +76,9 @@ def layer_tasks(amap: ArchMap, sources: list[tuple[str, float]], choice: DepthCh
         fold = folded if c > 0 else ()
         for role in amap.layer_tensors(i):
             out = role.renamed(k)
-            terms = [(role.name, 1.0 - c * len(fold))] + [(role.renamed(f), c) for f in fold]
+            # a folded layer contributes where it has the same tensor (hybrids mix layer kinds)
+            same = [f for f in fold if shapes.get(role.renamed(f)) == shapes[role.name]]
+            terms = [(role.name, 1.0 - c * len(same))] + [(role.renamed(f), c) for f in same]
             inputs, weights = [], []
             for ref, w_parent in sources:
                 for name, w in terms:

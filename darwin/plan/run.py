@@ -12,6 +12,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from darwin.arch.config import dtype_name
+from darwin.errors import RecipeError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.extras import copy_generation_config, copy_tokenizer_files, write_chat_template
@@ -128,6 +129,11 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os
         plan, ckpts = recipe
     else:
         plan, ckpts = plan_recipe(recipe, seed=seed)
+    if out_dir is not None:
+        target = Path(out_dir).expanduser().resolve()
+        for ref, c in ckpts.items():
+            if c.path.resolve() == target:
+                raise RecipeError(f"{out_dir}: the output folder is parent {ref}; choose another folder")
     batch_bytes = batch_bytes or default_batch_bytes(resolve_device(device))
     peak = peak_bytes_estimate(plan, batch_bytes) + min(shard_bytes, plan.output_bytes)
     if dry_run:

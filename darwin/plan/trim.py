@@ -19,7 +19,7 @@ import torch
 
 from darwin.arch.mapper import ArchMap
 from darwin.arch.vocab import trim_bpe_tokenizer
-from darwin.errors import CheckpointError, CompatibilityError
+from darwin.errors import CheckpointError, CompatibilityError, DarwinError, RecipeError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir
@@ -77,6 +77,8 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
 
     check_output_dir(out_dir, force=force)
     ck = Checkpoint(model)
+    if Path(out_dir).expanduser().resolve() == ck.path.resolve():
+        raise RecipeError(f"{out_dir}: the output folder is the model being trimmed; choose another folder")
     config = dict(ck.require_config())
     tj_path = ck.path / "tokenizer.json"
     if not tj_path.exists():
@@ -84,10 +86,13 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
     tok = AutoTokenizer.from_pretrained(ck.path)
     used: set[int] = set()
     n_tokens = 0
-    for f in collect_files(corpus):
+    for f in collect_files(corpus, "trim-vocab corpus"):
         ids = tok(f.read_text(errors="replace"), add_special_tokens=False).input_ids
         used.update(ids)
         n_tokens += len(ids)
+    if not used:
+        raise DarwinError(f"trim-vocab corpus {[str(c) for c in corpus]}: no tokens (empty text); refusing to cut "
+                          "the vocabulary to the byte alphabet")
     for k in _ID_KEYS:
         v = config.get(k)
         used.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])

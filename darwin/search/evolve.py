@@ -174,6 +174,16 @@ def _layer_prior(cfg: ParentsConfig, out: Path, ref: str, device: str) -> list[f
     return bi
 
 
+def _check_context(plan: MergePlan, cfg: ParentsConfig) -> None:
+    """No genome changes the context window: refuse a min_context the parents cannot reach."""
+    from darwin.arch.config import context_length
+
+    need, ctx = cfg.search.constraints.min_context, context_length(plan.config)
+    if need is not None and ctx is not None and ctx < need:
+        raise RecipeError(f"search.constraints.min_context = {need}, but the child's context window is {ctx} "
+                          f"(max_position_embeddings of {plan.reference}); no candidate can meet it")
+
+
 def constraint_violation(plan: MergePlan, constraints) -> tuple[float, str | None]:
     """How far ``plan`` is outside the constraints (0 if inside) and why.
 
@@ -272,6 +282,14 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
         from darwin.search.ray_pool import require_ray
 
         require_ray()
+    # decode the start point and the baselines once now: a pair this genome cannot breed, or a
+    # constraint no candidate can meet, fails here, before the run folder exists
+    seed = cfg.search.seed
+    start = breeder.decode(spec, vector_to_values(spec, start_vector(spec, breeder.num_layers), breeder.num_layers),
+                           r_mri=None, seed=seed)
+    check_plan_shapes(start)
+    breeder.baselines()
+    _check_context(start, cfg)
     _prepare_out(out, cfg, resume, force)
     if cfg.mri.enabled and not breeder.uses_mri and not hasattr(breeder, "set_prior"):
         log.info("genome %s breeds parents of different families: the MRI prior is not used", spec.name)
@@ -279,13 +297,11 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     if hasattr(breeder, "set_prior"):  # golf: Block Influence of parent A is the depth prior
         breeder.set_prior(_layer_prior(cfg, out, breeder.a, cfg.device))
     rspec = ResidentSpec({r: str(ckpts[r].path) for r in refs}, breeder.a, dtype, cfg.device, breeder.needed())
-    seed = cfg.search.seed
 
     def plan_of(x: list[float]) -> tuple[dict[str, float], MergePlan]:
         values = vector_to_values(spec, x, breeder.num_layers)
         return values, breeder.decode(spec, values, r_mri=r_mri, seed=seed)
 
-    check_plan_shapes(plan_of(start_vector(spec, breeder.num_layers))[1])
     evaluator = _make_evaluator(cfg, rspec, fit, workers, address)
     try:
         return _run(cfg, out, spec, breeder, ckpts, evaluator, plan_of, r_mri, seed, progress, write_outputs)
@@ -367,7 +383,9 @@ def _run(cfg: ParentsConfig, out: Path, spec: GenomeSpec, breeder: Breeder, ckpt
             plot_history(history, {k: v["fitness"] for k, v in baselines.items()}, out / "fitness.png")
             bar.update(job, best=_fmt(best))
     if best is None:
-        raise DarwinError("every candidate failed or violated a constraint; see history.jsonl for the errors")
+        errors = [c["error"] for h in history for c in h["candidates"] if c.get("error")]
+        first = f" (first: {errors[0]})" if errors else ""
+        raise DarwinError(f"every candidate failed or violated a constraint{first}; see {hist_file} for all errors")
     child_dir = None
     if write_outputs:
         child_dir = _write_outputs(out, cfg, spec, breeder, ckpts, evaluator, best, baselines, r_mri, seed)

@@ -37,7 +37,9 @@ def _instantiate(config: dict[str, Any], dtype: torch.dtype, device: str | torch
         from transformers.initialization import no_init_weights
     except ImportError:  # older transformers: initialise normally (slower, same result)
         from contextlib import nullcontext as no_init_weights
-    cfg = AutoConfig.for_model(**config)
+    from darwin.arch.config import decode_special_floats
+
+    cfg = AutoConfig.for_model(**decode_special_floats(config))
     with no_init_weights():
         if device == "meta":
             with torch.device("meta"):
