@@ -73,7 +73,7 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
     """
     from transformers import AutoTokenizer
 
-    from darwin.fitness.perplexity import collect_files
+    from darwin.io.textfiles import collect_files
 
     check_output_dir(out_dir, force=force)
     ck = Checkpoint(model)

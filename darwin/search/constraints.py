@@ -23,7 +23,7 @@ from darwin.errors import DarwinError
 
 def _window_text(cfg) -> str:
     """Text for the context check: the perplexity / bits-per-byte fitness files, else the probes."""
-    from darwin.fitness.perplexity import collect_files
+    from darwin.io.textfiles import collect_files
     from darwin.mri.probe import load_probes
 
     files = [f for e in cfg.fitness for kind in ("perplexity", "bits_per_byte") if getattr(e, kind) is not None
