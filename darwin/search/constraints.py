@@ -1,4 +1,8 @@
-"""Check a written child against ``search.constraints`` from its saved files, and say so in its card.
+"""``search.constraints``: rank candidates that violate them, and check the written child from its files.
+
+Candidates: :func:`constraint_violation` measures how far a plan is outside the constraints (a
+candidate with a violation is never evaluated); :func:`check_context` refuses, before the search,
+a ``min_context`` that no candidate can reach. The written child:
 
 * parameters: the child is loaded with ``AutoModelForCausalLM`` and ``sum(p.numel() for p in
   model.parameters())`` counted (parameters shared by tied embeddings count once, as a published
@@ -18,7 +22,8 @@ from typing import Any
 import torch
 
 from darwin.arch.config import context_length
-from darwin.errors import DarwinError
+from darwin.errors import DarwinError, RecipeError
+from darwin.plan.plan import MergePlan
 
 
 def _window_text(cfg) -> str:
@@ -96,3 +101,34 @@ def constraint_card(rep: dict[str, Any], parent: Path) -> str:
     lines.append(f"- licence: {lic} (inherited from the parent)" if lic else
                  "- licence: see the parents' licences")
     return "\n".join(lines)
+
+
+def check_context(plan: MergePlan, constraints) -> None:
+    """No genome changes the context window: refuse a ``min_context`` the parents cannot reach.
+
+    Raises:
+        RecipeError: the child's declared window is shorter than ``min_context``.
+    """
+    need, ctx = constraints.min_context, context_length(plan.config)
+    if need is not None and ctx is not None and ctx < need:
+        raise RecipeError(f"search.constraints.min_context = {need}, but the child's context window is {ctx} "
+                          f"(max_position_embeddings of {plan.reference}); no candidate can meet it")
+
+
+def constraint_violation(plan: MergePlan, constraints) -> tuple[float, str | None]:
+    """How far ``plan`` is outside the constraints (0 if inside) and why.
+
+    The violation is the relative excess ``params / max_params − 1`` plus the relative context
+    shortfall ``1 − context / min_context``; CMA-ES ranks infeasible candidates by it, below every
+    feasible one.
+    """
+    v, why = 0.0, []
+    n = plan.num_parameters
+    if constraints.max_params is not None and n > constraints.max_params:
+        v += n / constraints.max_params - 1
+        why.append(f"{n:,} parameters > max_params {constraints.max_params:,}")
+    ctx = context_length(plan.config)
+    if constraints.min_context is not None and ctx is not None and ctx < constraints.min_context:
+        v += 1 - ctx / constraints.min_context
+        why.append(f"context {ctx} < min_context {constraints.min_context}")
+    return v, ("constraint violated: " + "; ".join(why)) if why else None

@@ -44,6 +44,7 @@ from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
 from darwin.plan.run import write_card, write_child
 from darwin.search.config import ParentsConfig, load_parents_config
+from darwin.search.constraints import check_context, constraint_card, constraint_violation, verify_child
 from darwin.search.plot import plot_history
 from darwin.search.evaluator import Evaluator, LocalEvaluator
 from darwin.search.resident import ResidentSpec, check_plan_shapes
@@ -174,37 +175,6 @@ def _layer_prior(cfg: ParentsConfig, out: Path, ref: str, device: str) -> list[f
     return bi
 
 
-def _check_context(plan: MergePlan, cfg: ParentsConfig) -> None:
-    """No genome changes the context window: refuse a min_context the parents cannot reach."""
-    from darwin.arch.config import context_length
-
-    need, ctx = cfg.search.constraints.min_context, context_length(plan.config)
-    if need is not None and ctx is not None and ctx < need:
-        raise RecipeError(f"search.constraints.min_context = {need}, but the child's context window is {ctx} "
-                          f"(max_position_embeddings of {plan.reference}); no candidate can meet it")
-
-
-def constraint_violation(plan: MergePlan, constraints) -> tuple[float, str | None]:
-    """How far ``plan`` is outside the constraints (0 if inside) and why.
-
-    The violation is the relative excess ``params / max_params − 1`` plus the relative context
-    shortfall ``1 − context / min_context``; CMA-ES ranks infeasible candidates by it, below every
-    feasible one.
-    """
-    from darwin.arch.config import context_length
-
-    v, why = 0.0, []
-    n = plan.num_parameters
-    if constraints.max_params is not None and n > constraints.max_params:
-        v += n / constraints.max_params - 1
-        why.append(f"{n:,} parameters > max_params {constraints.max_params:,}")
-    ctx = context_length(plan.config)
-    if constraints.min_context is not None and ctx is not None and ctx < constraints.min_context:
-        v += 1 - ctx / constraints.min_context
-        why.append(f"context {ctx} < min_context {constraints.min_context}")
-    return v, ("constraint violated: " + "; ".join(why)) if why else None
-
-
 # ----------------------------------------------------------------------------- the search
 class _Search:
     """CMA-ES with a protected numpy random stream (see module doc)."""
@@ -289,7 +259,7 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
                            r_mri=None, seed=seed)
     check_plan_shapes(start)
     breeder.baselines()
-    _check_context(start, cfg)
+    check_context(start, cfg.search.constraints)
     _prepare_out(out, cfg, resume, force)
     if cfg.mri.enabled and not breeder.uses_mri and not hasattr(breeder, "set_prior"):
         log.info("genome %s breeds parents of different families: the MRI prior is not used", spec.name)
@@ -473,8 +443,6 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, breeder: Bre
                 "## Lineage\n\n```json\n" + json.dumps(lineage, indent=1) + "\n```"]
     c = cfg.search.constraints
     if c.max_params is not None or c.min_context is not None:
-        from darwin.search.constraints import constraint_card, verify_child
-
         with atomic_output_dir(out / "child", force=True) as tmp:
             write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9)
             report = verify_child(Path(tmp), c, cfg)
