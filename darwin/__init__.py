@@ -1,6 +1,7 @@
 """darwin: breed better language models from existing checkpoints without gradient training."""
 
 from darwin.errors import CheckpointError, CompatibilityError, DarwinError, OutputExistsError, RecipeError
+from darwin.plan.crossover import crossover
 from darwin.plan.run import MergeResult, merge
 
 # Load the ``darwin.mri`` subpackage now: importing a submodule later would rebind the attribute
@@ -13,13 +14,6 @@ def evolve(config, out_dir, **kwargs):
     from darwin.search.evolve import evolve as _evolve
 
     return _evolve(config, out_dir, **kwargs)
-
-
-def crossover(transformer_parent, ssm_parent, out_dir=None, **kwargs):
-    """Transformer × SSM crossover into a Bamba hybrid (see :func:`darwin.plan.crossover.crossover`)."""
-    from darwin.plan.crossover import crossover as _crossover
-
-    return _crossover(transformer_parent, ssm_parent, out_dir, **kwargs)
 
 
 def mri(model, out_dir=None, **kwargs):

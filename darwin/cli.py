@@ -55,7 +55,7 @@ def print_report(plan: MergePlan, *, verbose: bool = False) -> None:
         t = Table(title="per-tensor actions" + ("" if verbose else " (non-blend; --verbose for all)"),
                   show_edge=False)
         for col in ("tensor", "action", "detail"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")  # full names even in a narrow or piped terminal
         for r in rows:
             style = "red" if r.action.startswith(("only", "shape")) else ""
             t.add_row(r.tensor, f"[{style}]{r.action}[/]" if style else r.action, r.detail)
@@ -124,7 +124,7 @@ def evolve(
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
     force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors scoring candidates in parallel "
-                                          "(overrides search.workers; needs darwin-merge[ray])."),
+                                          "(overrides search.workers; needs the ray extra: pip install 'darwin-merge\\[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, "
                                           "ray://head:10001); default: a local Ray instance when workers > 1."),
 ) -> None:
@@ -159,6 +159,14 @@ def _run_evolve(parents, output: Path, resume: bool, force: bool, workers: Optio
                   "try a larger budget (search.generations) or another genome", highlight=False)
     out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (history.jsonl, fitness.png, recipe.yaml, "
               f"health.json)", highlight=False)
+    checked = res.out_dir / "constraints.json"
+    if res.child_dir is not None and checked.exists():
+        import json
+
+        c = json.loads(checked.read_text())
+        ctx = f"; context {c['context']} (a {c['window_tokens']}-token window scored)" if c.get("window_tokens") else ""
+        out.print(f"child checked from its files: {c['parameters']:,} parameters"
+                  + (f" (budget {c['max_params']:,})" if c.get("max_params") else "") + ctx, highlight=False)
 
 
 @app.command()

@@ -53,7 +53,7 @@ def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Path
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: is a file, not a folder; choose another output path")
     if out.exists() and not force:
-        raise OutputExistsError(f"{out}: output folder exists; pass --force to replace it")
+        raise OutputExistsError(f"{out}: output folder exists; pass --force (force=True in Python) to replace it")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
