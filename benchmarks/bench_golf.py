@@ -137,7 +137,18 @@ def main() -> None:
                "mri_trust": best_genes["mri_trust"], "collapse": best_genes["collapse"],
                "constraints": json.loads((run.out_dir / "constraints.json").read_text()), "models": res}
     (args.work / f"summary-{tag}.json").write_text(json.dumps(summary, indent=2))
+    add_card_table(Path(run.child_dir), res)
     print(json.dumps(summary, indent=2))
+
+
+def add_card_table(child: Path, rows: list[dict]) -> None:
+    """Append the held-out evaluation table to the child's model card."""
+    lines = ["", "## Evaluation: held-out bits per byte (1024-token windows; lower is better)", "",
+             "| model | parameters | layers | KJV | code | prose |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['parameters']:,} | {r['layers']} | {r['kjv']} | {r['code']} | {r['prose']} |"
+              for r in rows]
+    card = child / "README.md"
+    card.write_text(card.read_text().rstrip() + "\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,16 @@ def test_trim_refuses_unsupported_tokenizers_and_existing_output(parent, tmp_pat
     p = subprocess.run([darwin_cli, "trim-vocab", folder, "-o", tmp_path / "ok", "--corpus", corpus],
                        capture_output=True, text=True)
     assert p.returncode == 0 and "vocabulary 384" in p.stdout
+
+
+def test_licence_is_inherited_through_a_trimmed_parent(parent, tmp_path):
+    import shutil
+
+    from darwin.search.constraints import parent_licence
+
+    folder, corpus = parent
+    shutil.copytree(folder, tmp_path / "licensed")
+    (tmp_path / "licensed" / "ZOO.json").write_text(json.dumps({"licence": "Apache-2.0 (test)"}))
+    res = trim_vocab(tmp_path / "licensed", [corpus], tmp_path / "child")
+    assert parent_licence(res.out_dir) == "Apache-2.0 (test)"
+    assert parent_licence(folder) is None

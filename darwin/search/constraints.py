@@ -74,8 +74,9 @@ def verify_child(folder: Path, constraints, cfg) -> dict[str, Any]:
     return rep
 
 
-def parent_licence(folder: Path) -> str | None:
-    """The parent's licence: darwin zoo metadata, else the model card's ``license:`` field."""
+def parent_licence(folder: Path, _depth: int = 0) -> str | None:
+    """The parent's licence: darwin zoo metadata, else the model card's ``license:`` field, else
+    (for a darwin child, e.g. a vocabulary-trimmed parent) its own parents' licence via ``lineage.json``."""
     zoo = folder / "ZOO.json"
     if zoo.exists():
         lic = json.loads(zoo.read_text()).get("licence")
@@ -86,6 +87,14 @@ def parent_licence(folder: Path) -> str | None:
         for line in card.read_text(errors="replace").splitlines()[:40]:
             if line.strip().lower().startswith("license:"):
                 return line.split(":", 1)[1].strip()
+    lineage = folder / "lineage.json"
+    if lineage.exists() and _depth < 8:
+        for parent in json.loads(lineage.read_text()).get("parents", []):
+            p = Path(str(parent.get("model", "")))
+            if p.is_dir():
+                lic = parent_licence(p, _depth + 1)
+                if lic:
+                    return lic
     return None
 
 
