@@ -29,11 +29,14 @@ def _same_history(a: list[dict], b: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def serial_run(demo, tmp_path_factory):
     """Reference: the serial in-process run (3 generations × 6 candidates)."""
-    os.environ["DARWIN_TEST_A"], os.environ["DARWIN_TEST_B"] = str(demo["parent_a"]), str(demo["parent_b"])
+    mp = pytest.MonkeyPatch()  # module scope: undone after the module; Ray workers inherit it
+    mp.setenv("DARWIN_TEST_A", str(demo["parent_a"]))
+    mp.setenv("DARWIN_TEST_B", str(demo["parent_b"]))
     cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=6, generations=3)
     out = tmp_path_factory.mktemp("serial") / "run"
     res = darwin.evolve(cfg, out, progress=False, write_outputs=False)
-    return cfg, res
+    yield cfg, res
+    mp.undo()
 
 
 def test_two_workers_give_the_serial_history(serial_run, tmp_path):
