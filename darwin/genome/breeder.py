@@ -26,7 +26,7 @@ from darwin.genome.decode import CROSS_DECODERS, PairLayout, check_values, decod
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.crossover import CrossLayout, cross_layout, crossover_plan, ffn_transplant_plan, parent_plan
-from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+from darwin.plan.plan import MergePlan, ReportRow, Source, copy_task, linear_task
 
 MIXER_THRESHOLD = 0.5
 
@@ -38,8 +38,7 @@ class Breeder(Protocol):
     b: str
     base: str | None
     num_layers: int
-    b_num_layers: int
-    uses_mri: bool
+    mri_prior: str | None  # "tensor": r_MRI per tensor; "layer": Block Influence via set_prior; None: no MRI
 
     @property
     def models(self) -> list[str]:
@@ -67,12 +66,11 @@ class Breeder(Protocol):
 class PairBreeder:
     """Same-family parents (and an optional base), paired tensor by tensor."""
 
-    uses_mri = True
+    mri_prior = "tensor"
 
     def __init__(self, layout: PairLayout):
         self.layout = layout
         self.a, self.b, self.base, self.num_layers = layout.a, layout.b, layout.base, layout.num_layers
-        self.b_num_layers = layout.num_layers
 
     @property
     def models(self) -> list[str]:
@@ -93,11 +91,9 @@ class PairBreeder:
         for s in lay.slots:
             a, b = Source(lay.a, s.a), Source(lay.b, s.b)
             if kind == "uniform":
-                tasks.append(TensorTask(s.name, s.shape, "linear", [a, b], None, {"normalize": True},
-                                        {"weight": [0.5, 0.5]}, None, s.role.component, s.role.layer))
+                tasks.append(linear_task(s.name, [a, b], [0.5, 0.5], s.shape, s.role.component, s.role.layer))
             else:
-                tasks.append(TensorTask(s.name, s.shape, "passthrough", [a if kind == "A" else b], None, {},
-                                        {"scale": [1.0]}, None, s.role.component, s.role.layer, "transplant"))
+                tasks.append(copy_task(s.name, a if kind == "A" else b, s.shape, s.role.component, s.role.layer))
         return MergePlan(tasks, lay.models, lay.a, lay.config, lay.out_dtype, lay.tied, lay.a,
                          report=[ReportRow(t.out_name, t.action) for t in tasks], method=f"baseline:{kind}")
 
@@ -120,13 +116,12 @@ class PairBreeder:
 class CrossBreeder:
     """Parents of different families (``crossover`` or ``ffn_transplant`` decoder)."""
 
-    uses_mri = False
+    mri_prior = None
     base = None
 
     def __init__(self, layout: CrossLayout, decoder: str):
         self.layout, self.decoder = layout, decoder
         self.a, self.b, self.num_layers = layout.a, layout.b, layout.num_layers
-        self.b_num_layers = len(layout.b_mixers)
 
     @property
     def models(self) -> list[str]:
@@ -162,7 +157,7 @@ class CrossBreeder:
 
     def health_map(self, plan: MergePlan) -> dict[str, Any]:
         """B's layer ``⌊i·L_B / L⌋``."""
-        return {"b_layers": list(self.layout.b_layer), "b_num_layers": self.b_num_layers}
+        return {"b_layers": list(self.layout.b_layer), "b_num_layers": len(self.layout.b_mixers)}
 
 
 def make_breeder(spec: GenomeSpec, checkpoints: Mapping[str, Checkpoint], parents: list[str], base: str | None,

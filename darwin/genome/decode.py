@@ -33,7 +33,7 @@ from darwin.errors import CompatibilityError, RecipeError
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.merge.seeds import tensor_seed
-from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask, copy_task
 
 _CLAMP = 1e-6
 
@@ -251,8 +251,7 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
         a_src, b_src = Source(layout.a, s.a), Source(layout.b, s.b)
         if r < opt.transplant_low or r > opt.transplant_high:
             src = a_src if r < opt.transplant_low else b_src
-            tasks.append(TensorTask(s.name, s.shape, "passthrough", [src], None, {}, {"scale": [1.0]}, None,
-                                    s.role.component, s.role.layer, "transplant"))
+            tasks.append(copy_task(s.name, src, s.shape, s.role.component, s.role.layer))
             report.append(ReportRow(s.name, "transplant", f"r={r:.3f} → {'A' if src is a_src else 'B'}"))
             continue
         base_src = Source(layout.base, s.base) if layout.base else None  # None: θ₀ = A (see blend.py)

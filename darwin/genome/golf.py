@@ -31,7 +31,7 @@ from darwin.genome.decode import check_values, pair_layout
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.depth import DepthChoice, choose_depth, layer_tasks
-from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+from darwin.plan.plan import MergePlan, ReportRow, Source, copy_task, linear_task
 
 
 def rank_prior(bi: list[float]) -> list[float]:
@@ -59,7 +59,7 @@ class GolfBreeder:
             layer does not fit the budget.
     """
 
-    uses_mri = False
+    mri_prior = "layer"
     base = None
 
     def __init__(self, checkpoints: Mapping[str, Checkpoint], parents: list[str], max_params: int | None,
@@ -80,7 +80,7 @@ class GolfBreeder:
         ck = checkpoints[self.a]
         self.config = ck.require_config()
         self.amap = ArchMap.build(self.config, ck.tensor_names)
-        self.num_layers = self.b_num_layers = self.amap.num_layers
+        self.num_layers = self.amap.num_layers
         self.shapes = {n: tuple(ck.meta[n].shape) for n in ck.tensor_names}
         self.out_dtype = out_dtype
         self.tied = self.amap.tied
@@ -132,12 +132,8 @@ class GolfBreeder:
             if role.layer is not None:
                 continue
             ins = [Source(ref, n) for ref, _ in sources]
-            if len(ins) == 1:
-                tasks.append(TensorTask(n, shape, "passthrough", ins, None, {}, {"scale": [1.0]}, None,
-                                        role.component, None, "transplant"))
-            else:
-                tasks.append(TensorTask(n, shape, "linear", ins, None, {"normalize": False},
-                                        {"weight": [w for _, w in sources]}, None, role.component, None))
+            tasks.append(copy_task(n, ins[0], shape, role.component) if len(ins) == 1 else
+                         linear_task(n, ins, [w for _, w in sources], shape, role.component, normalize=False))
         tasks += layer_tasks(self.amap, sources, choice, self.shapes)
         config = child_config(self.config, dtype=self.out_dtype, tied=self.tied, layer_sources=list(choice.keep))
         report = [ReportRow(t.out_name, t.action) for t in tasks]

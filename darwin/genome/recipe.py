@@ -77,5 +77,7 @@ def plan_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
     ckpts = {r: Checkpoint(r) for r in refs}
     breeder = make_breeder(spec, ckpts, rec.parents, rec.base, parse_dtype(rec.dtype), rec.max_params)
     if rec.prior is not None:
+        if breeder.mri_prior != "layer":
+            raise RecipeError(f"genome recipe: 'prior' is for the golf genome, not {spec.name!r}")
         breeder.set_prior_ranks(rec.prior)
     return breeder.decode(spec, rec.values, r_mri=rec.mri, seed=rec.seed), ckpts

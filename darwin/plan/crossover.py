@@ -39,7 +39,7 @@ from darwin.arch.mapper import ArchMap, classify
 from darwin.arch.preflight import tokenizer_fingerprint
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.io.checkpoint import Checkpoint
-from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask, copy_task, linear_task
 
 TARGET_LAYOUT = LAYOUTS["bamba"]
 
@@ -172,24 +172,14 @@ def _check_placed(lay: CrossLayout, ref: str, fl: FamilyLayout, folder) -> None:
 
 
 # ----------------------------------------------------------------------------- task builders
-def _copy(out: str, src: Source, shape, component: str, layer: int | None) -> TensorTask:
-    return TensorTask(out, tuple(shape), "passthrough", [src], None, {}, {"scale": [1.0]}, None, component, layer,
-                      "transplant")
-
-
-def _blend(out: str, a: Source, b: Source, r: float, shape, component: str, layer: int | None) -> TensorTask:
-    return TensorTask(out, tuple(shape), "linear", [a, b], None, {"normalize": True}, {"weight": [1.0 - r, r]},
-                      None, component, layer, "blend")
-
-
 def _pick(out: str, a: Source | None, b: Source | None, r: float, shape, component: str,
           layer: int | None) -> TensorTask:
     """A's tensor (r ≤ 0 or no B), B's (r ≥ 1 or no A), else the linear blend."""
     if b is None or (a is not None and r <= 0.0):
-        return _copy(out, a, shape, component, layer)
+        return copy_task(out, a, shape, component, layer)
     if a is None or r >= 1.0:
-        return _copy(out, b, shape, component, layer)
-    return _blend(out, a, b, r, shape, component, layer)
+        return copy_task(out, b, shape, component, layer)
+    return linear_task(out, [a, b], [1.0 - r, r], shape, component, layer)
 
 
 def _group_tasks(lay: CrossLayout, out_prefix: str, a_prefix: str | None, b_prefix: str | None, r: float,
@@ -298,11 +288,11 @@ def crossover_plan(lay: CrossLayout, mixers: str | list[str], *, ffn_ratio: floa
             src, prefix, norm = lay.b, lb.prefix(j, kind), lb.norm(j, "mixer")
         kinds.append(kind)
         for suffix, shape in lay.group(src, prefix).items():
-            tasks.append(_copy(out.prefix(i, kind) + suffix, Source(src, prefix + suffix), shape, kind, i))
+            tasks.append(copy_task(out.prefix(i, kind) + suffix, Source(src, prefix + suffix), shape, kind, i))
         if norm not in lay.shapes[src]:
             problems.append(f"{src}: no {norm!r}")
         else:
-            tasks.append(_copy(out.norm(i, "mixer"), Source(src, norm), lay.shapes[src][norm], "norm", i))
+            tasks.append(copy_task(out.norm(i, "mixer"), Source(src, norm), lay.shapes[src][norm], "norm", i))
         b_ffn = lb.prefix(j, "ffn") if lb.ffn and lay.group(lay.b, lb.prefix(j, "ffn")) else None
         tasks += _group_tasks(lay, out.prefix(i, "ffn"), la.prefix(i, "ffn"), b_ffn, ffn_ratio, "ffn", i, problems)
         nb = lb.norm(j, "ffn") if b_ffn else None
@@ -350,7 +340,7 @@ def ffn_transplant_plan(lay: CrossLayout, ratios: list[float], *, low: float = 0
     for name, shape in lay.shapes[lay.a].items():
         if name not in ffn_names:
             role = classify(name)
-            tasks.append(_copy(name, Source(lay.a, name), shape, role.component, role.layer))
+            tasks.append(copy_task(name, Source(lay.a, name), shape, role.component, role.layer))
     config = child_config(lay.config_a, dtype=lay.out_dtype, tied=lay.tied)
     rec = recipe or {"ffn_transplant": {"parents": lay.models, "ratios": list(ratios)}}
     return _finish(lay, tasks, config, "ffn-transplant", rec, problems)
@@ -361,7 +351,7 @@ def parent_plan(lay: CrossLayout, which: str) -> MergePlan:
     ref = lay.a if which == "A" else lay.b
     cfg = child_config(lay.config_a if which == "A" else lay.config_b, dtype=lay.out_dtype,
                        tied=lay.tied if which == "A" else "lm_head.weight" not in lay.shapes[ref])
-    tasks = [_copy(n, Source(ref, n), s, classify(n).component, classify(n).layer) for n, s in lay.shapes[ref].items()]
+    tasks = [copy_task(n, Source(ref, n), s, classify(n).component, classify(n).layer) for n, s in lay.shapes[ref].items()]
     return MergePlan(tasks, lay.models, ref, cfg, lay.out_dtype, cfg["tie_word_embeddings"], ref, None,
                      [ReportRow(t.out_name, "transplant") for t in tasks], lay.checks, f"baseline:{which}")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from darwin.arch.mapper import ArchMap
 from darwin.errors import RecipeError
-from darwin.plan.plan import Source, TensorTask
+from darwin.plan.plan import Source, TensorTask, copy_task, linear_task
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,7 @@ def layer_tasks(amap: ArchMap, sources: list[tuple[str, float]], choice: DepthCh
                 for name, w in terms:
                     inputs.append(Source(ref, name))
                     weights.append(w_parent * w)
-            action = "transplant" if len(inputs) == 1 else "blend"
-            if len(inputs) == 1:
-                tasks.append(TensorTask(out, tuple(shapes[role.name]), "passthrough", inputs, None, {},
-                                        {"scale": [1.0]}, None, role.component, k, action))
-            else:
-                tasks.append(TensorTask(out, tuple(shapes[role.name]), "linear", inputs, None, {"normalize": False},
-                                        {"weight": weights}, None, role.component, k, action))
+            shape = shapes[role.name]
+            tasks.append(copy_task(out, inputs[0], shape, role.component, k) if len(inputs) == 1 else
+                         linear_task(out, inputs, weights, shape, role.component, k, normalize=False))
     return tasks

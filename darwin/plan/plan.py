@@ -59,6 +59,19 @@ class TensorTask:
         return n
 
 
+def copy_task(out: str, src: Source, shape, component: str = "other", layer: int | None = None) -> TensorTask:
+    """A whole-tensor transplant: ``out`` is ``src`` unchanged (``passthrough``, scale 1)."""
+    return TensorTask(out, tuple(shape), "passthrough", [src], None, {}, {"scale": [1.0]}, None, component, layer,
+                      "transplant")
+
+
+def linear_task(out: str, inputs: list[Source], weights: list[float], shape, component: str = "other",
+                layer: int | None = None, *, normalize: bool = True) -> TensorTask:
+    """``Σ wᵢ·inputᵢ`` (divided by ``Σ wᵢ`` when ``normalize``; the ``linear`` kernel)."""
+    return TensorTask(out, tuple(shape), "linear", list(inputs), None, {"normalize": normalize},
+                      {"weight": list(weights)}, None, component, layer, "blend")
+
+
 @dataclass(frozen=True)
 class ReportRow:
     """A line of the pre-flight action report.

@@ -261,10 +261,10 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     breeder.baselines()
     check_context(start, cfg.search.constraints)
     _prepare_out(out, cfg, resume, force)
-    if cfg.mri.enabled and not breeder.uses_mri and not hasattr(breeder, "set_prior"):
+    if cfg.mri.enabled and breeder.mri_prior is None:
         log.info("genome %s breeds parents of different families: the MRI prior is not used", spec.name)
-    r_mri = _mri_ratios(cfg, out, breeder.layout, cfg.device) if breeder.uses_mri else None
-    if hasattr(breeder, "set_prior"):  # golf: Block Influence of parent A is the depth prior
+    r_mri = _mri_ratios(cfg, out, breeder.layout, cfg.device) if breeder.mri_prior == "tensor" else None
+    if breeder.mri_prior == "layer":  # golf: Block Influence of parent A is the depth prior
         breeder.set_prior(_layer_prior(cfg, out, breeder.a, cfg.device))
     rspec = ResidentSpec({r: str(ckpts[r].path) for r in refs}, breeder.a, dtype, cfg.device, breeder.needed())
 
@@ -442,15 +442,15 @@ def _write_outputs(out: Path, cfg: ParentsConfig, spec: GenomeSpec, breeder: Bre
                 "## Health check\n\n" + f"finite: {health['finite']}; flags: " + "; ".join(flags),
                 "## Lineage\n\n```json\n" + json.dumps(lineage, indent=1) + "\n```"]
     c = cfg.search.constraints
-    if c.max_params is not None or c.min_context is not None:
-        with atomic_output_dir(out / "child", force=True) as tmp:
-            write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9)
+    with atomic_output_dir(out / "child", force=True) as tmp:
+        write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9,
+                    card_sections=sections)
+        if c.max_params is not None or c.min_context is not None:  # checked from the saved files
             report = verify_child(Path(tmp), c, cfg)
             _write_text_atomic(out / "constraints.json", json.dumps(report, indent=2))
-            sections.insert(0, constraint_card(report, ckpts[breeder.a].path))
-            write_card(plan, Path(tmp), sections)
-            (Path(tmp) / "lineage.json").write_text(json.dumps(lineage, indent=1))
-        return out / "child"
+            write_card(plan, Path(tmp), [constraint_card(report, ckpts[breeder.a].path), *sections])
+        (Path(tmp) / "lineage.json").write_text(json.dumps(lineage, indent=1))
+    return out / "child"
     with atomic_output_dir(out / "child", force=True) as tmp:
         write_child(plan, execute(plan, ckpts, device=cfg.device), tmp, ckpts, max_shard_bytes=5 * 10**9,
                     card_sections=sections)
