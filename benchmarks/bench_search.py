@@ -58,7 +58,7 @@ def main() -> None:
     write_splits(data)
     build_parents(base, data, cache / "smollm2-bible-code" / "parents")
     args.work.mkdir(parents=True, exist_ok=True)
-    g = yaml.safe_load((REPO / "genomes" / "darwin14.yaml").read_text())
+    g = yaml.safe_load((REPO / "darwin" / "genome" / "builtin" / "darwin14.yaml").read_text())
     for gene in g["genes"]:
         if gene["name"] == "mri_trust":
             gene.update(low=0.0, high=1e-9, start=0.0)

@@ -1,4 +1,6 @@
-"""Command-line interface: ``darwin merge``, ``darwin evolve``, ``darwin crossover``, ``darwin mri``, ``darwin demo-models``.
+"""Command-line interface: every command parses its options, calls one public function of
+:mod:`darwin.api` (``merge``, ``evolve``, ``golf``, ``trim_vocab``, ``crossover``, ``mri``; ``zoo`` and
+``demo-models`` call :mod:`darwin.zoo` and :mod:`darwin.demo`) and prints the result.
 
 Errors on bad input print one line naming the file, tensor or key and exit with status 2
 (1 for unexpected failures). Nothing is left behind in the output location on failure.
@@ -9,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -24,7 +26,7 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _fail(err: Exception) -> None:
+def _fail(err: Exception) -> NoReturn:
     console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
@@ -74,12 +76,12 @@ def merge(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="List every tensor in the report."),
 ) -> None:
     """Merge parents as RECIPE says (mergekit YAML, or a genome recipe from darwin evolve) into OUTPUT."""
-    from darwin.plan.run import merge as run_merge
+    from darwin.api import merge as run_merge
 
     if output is None and not dry_run:
         _fail(DarwinError("give -o/--output (or --dry-run)"))
     try:
-        res = run_merge(_recipe_source(recipe), output, force=force, device=device,
+        res = run_merge(recipe, output, force=force, device=device,
                         max_shard_size=max_shard_size, seed=seed, dry_run=dry_run, progress=sys.stderr.isatty())
     except CompatibilityError as e:
         if getattr(e, "plan", None) is not None:
@@ -98,25 +100,6 @@ def merge(
               f"{_gib(res.plan.output_bytes)})", highlight=False)
 
 
-def _recipe_source(path: Path):
-    """A mergekit recipe path as is, or a genome recipe (``genome:`` key) decoded into a plan."""
-    import yaml
-
-    from darwin.errors import RecipeError
-    from darwin.genome.recipe import is_genome_recipe, plan_genome_recipe
-
-    try:
-        data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return path  # the recipe loader reports it with the file name
-    if not is_genome_recipe(data):
-        return path
-    try:
-        return plan_genome_recipe(path)
-    except RecipeError as e:
-        raise RecipeError(f"{path}: {e}") from None
-
-
 @app.command()
 def evolve(
     parents: Path = typer.Argument(..., help="parents.yaml: parents, genome, MRI, fitness, search budget."),
@@ -129,12 +112,7 @@ def evolve(
                                           "ray://head:10001); default: a local Ray instance when workers > 1."),
 ) -> None:
     """Breed a child of two parents: CMA-ES over a genome, candidates merged and scored in memory."""
-    _run_evolve(parents, output, resume, force, workers, address)
-
-
-def _run_evolve(parents, output: Path, resume: bool, force: bool, workers: Optional[int] = None,
-                address: Optional[str] = None) -> None:
-    from darwin.search.evolve import evolve as run_evolve
+    from darwin.api import evolve as run_evolve
 
     _quiet_transformers()
     try:
@@ -143,9 +121,18 @@ def _run_evolve(parents, output: Path, resume: bool, force: bool, workers: Optio
     except DarwinError as e:
         _fail(e)
     except KeyboardInterrupt:
-        console.print(f"interrupted; finished generations are saved: continue with --resume -o {output}",
-                      highlight=False)
-        raise typer.Exit(130) from None
+        _interrupted(output)
+    _print_run(res)
+
+
+def _interrupted(output: Path) -> NoReturn:
+    console.print(f"interrupted; finished generations are saved: continue with --resume -o {output}",
+                  highlight=False)
+    raise typer.Exit(130) from None
+
+
+def _print_run(res) -> None:
+    """The fitness table of a finished run, and what was checked of the saved child."""
     t = Table(title="fitness (higher is better)", show_edge=False)
     t.add_column("model")
     t.add_column("fitness", justify="right")
@@ -159,11 +146,8 @@ def _run_evolve(parents, output: Path, resume: bool, force: bool, workers: Optio
                   "try a larger budget (search.generations) or another genome", highlight=False)
     out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (history.jsonl, fitness.png, recipe.yaml, "
               f"health.json)", highlight=False)
-    checked = res.out_dir / "constraints.json"
-    if res.child_dir is not None and checked.exists():
-        import json
-
-        c = json.loads(checked.read_text())
+    c = res.constraints
+    if res.child_dir is not None and c is not None:
         ctx = f"; context {c['context']} (a {c['window_tokens']}-token window scored)" if c.get("window_tokens") else ""
         out.print(f"child checked from its files: {c['parameters']:,} parameters"
                   + (f" (budget {c['max_params']:,})" if c.get("max_params") else "") + ctx, highlight=False)
@@ -188,44 +172,18 @@ def golf(
     force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
 ) -> None:
     """Cut MODEL to a parameter budget with no training: keep, drop and collapse layers (genome golf)."""
-    from darwin.mri.probe import PROBE_DIR
+    from darwin.api import golf as run_golf
 
-    files = [str(t) for t in text] if text else [str(PROBE_DIR)]
-    created: list[Path] = []
-    if trim_corpus:
-        from darwin.plan.trim import trim_vocab as run_trim
-
-        trimmed = []
-        try:
-            for i, m in enumerate(models):
-                dest = output.parent / f"{output.name}-trimmed-{i}"
-                if resume and (dest / "lineage.json").exists():  # the trimmed parent of the run being resumed
-                    trimmed.append(str(dest))
-                    continue
-                trimmed.append(str(run_trim(m, [str(c) for c in trim_corpus], dest, force=force).out_dir))
-                created.append(dest)
-        except DarwinError as e:
-            _remove(created)
-            _fail(e)
-        models = trimmed
-    cfg = {"parents": list(models), "genome": "golf", "mri": {"enabled": True},
-           "fitness": [{"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}],
-           "search": {"population": population, "generations": generations, "seed": seed,
-                      "constraints": {"max_params": max_params, "min_context": min_context}},
-           "device": device}
+    _quiet_transformers()
     try:
-        _run_evolve(cfg, output, resume, force)
-    except typer.Exit as e:
-        if e.exit_code != 0 and not (output / "history.jsonl").exists():
-            _remove(created)  # nothing was searched: do not leave the trimmed parents behind
-        raise
-
-
-def _remove(folders: list[Path]) -> None:
-    import shutil
-
-    for f in folders:
-        shutil.rmtree(f, ignore_errors=True)
+        res = run_golf(models, output, max_params=max_params, min_context=min_context, text=text,
+                       population=population, generations=generations, seed=seed, trim_corpus=trim_corpus,
+                       device=device, resume=resume, force=force, progress=True)
+    except DarwinError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        _interrupted(output)
+    _print_run(res)
 
 
 @app.command("trim-vocab")
@@ -236,7 +194,7 @@ def trim_vocab(
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
     """Keep only the tokens CORPUS uses: smaller embedding, tokenizer rewritten consistently."""
-    from darwin.plan.trim import trim_vocab as run_trim
+    from darwin.api import trim_vocab as run_trim
 
     try:
         r = run_trim(model, [str(c) for c in corpus], output, force=force)
@@ -264,7 +222,7 @@ def crossover(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="List every tensor in the report."),
 ) -> None:
     """Breed a Bamba hybrid: per layer, attention from TRANSFORMER or the SSM mixer from SSM."""
-    from darwin.plan.crossover import crossover as run_crossover
+    from darwin.api import crossover as run_crossover
 
     if output is None and not dry_run:
         _fail(DarwinError("give -o/--output (or --dry-run)"))
@@ -294,8 +252,8 @@ def mri(
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
     """Diagnose a model (or a pair): static tensor statistics and per-layer probe importance."""
-    from darwin.mri.report import layer_table
-    from darwin.mri.run import run_mri
+    from darwin.api import mri as run_mri
+    from darwin.diagnosis.report import layer_table
 
     _quiet_transformers()
     try:

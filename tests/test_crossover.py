@@ -180,7 +180,7 @@ def _evolve_cfg(a, b, genome, population=4, generations=2, mri=True):
 
 
 def test_evolve_crossover_genome_and_replay(pair, tmp_path):
-    """darwin evolve with genomes/crossover.yaml: hybrids scored in memory, child written and replayable."""
+    """darwin evolve with darwin/genome/builtin/crossover.yaml: hybrids scored in memory, child written and replayable."""
     from safetensors.torch import load_file
 
     llama, mamba = pair

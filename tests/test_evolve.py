@@ -15,23 +15,15 @@ from safetensors.torch import load_file
 
 import darwin
 from darwin.errors import OutputExistsError, RecipeError
-from darwin.search.evolve import read_history
-
-FITNESS_FILE = Path(__file__).parent / "data" / "fitness_fns.py"
-
+from darwin.search.runfolder import read_history
+from darwin.genome.spec import builtin_dir
+from helpers import FITNESS_FILE, evolve_cfg as _cfg
 
 @pytest.fixture()
 def target_env(demo, monkeypatch):
     monkeypatch.setenv("DARWIN_TEST_A", str(demo["parent_a"]))
     monkeypatch.setenv("DARWIN_TEST_B", str(demo["parent_b"]))
 
-
-def _cfg(demo, fitness, population=12, generations=50, mri=False, **extra):
-    c = {"parents": [str(demo["parent_a"]), str(demo["parent_b"])], "genome": "darwin14",
-         "mri": {"enabled": mri}, "fitness": fitness,
-         "search": {"population": population, "generations": generations, "sigma0": 0.5, "seed": 0}}
-    c.update(extra)
-    return c
 
 
 def test_search_closes_gap_to_known_optimum(demo, target_env, tmp_path):
@@ -189,7 +181,7 @@ def test_bad_fitness_leaves_no_run_folder(demo, tmp_path):
 
 
 def test_api_functions_survive_submodule_imports(demo, tmp_path):
-    import darwin.mri.run  # noqa: F401  (would rebind darwin.mri to the package)
+    import darwin.diagnosis.run  # noqa: F401  (would rebind darwin.mri to the package)
 
     assert callable(darwin.mri) and callable(darwin.evolve) and callable(darwin.merge)
     doc, scans = darwin.mri(str(demo["parent_a"]), None, probes=False)
@@ -197,7 +189,7 @@ def test_api_functions_survive_submodule_imports(demo, tmp_path):
 
 
 def test_genome_missing_a_decoder_gene_and_zero_budget(demo, tmp_path):
-    g = yaml.safe_load((Path(__file__).parents[1] / "genomes" / "darwin14.yaml").read_text())
+    g = yaml.safe_load((builtin_dir() / "darwin14.yaml").read_text())
     g["genes"] = [dict(x, name="atn_ratio") if x["name"] == "attn_ratio" else x for x in g["genes"]]
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(g))
     cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=4, generations=1,

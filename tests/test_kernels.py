@@ -9,12 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from darwin.merge.linear import linear, passthrough
-from darwin.merge.model_stock import model_stock
-from darwin.merge.seeds import tensor_seed
-from darwin.merge.slerp import nuslerp, slerp
-from darwin.merge.sparsify import band_mask, della_drop, magnitude_mask, random_drop
-from darwin.merge.task_arithmetic import task_vector_merge
+from darwin.kernels.linear import linear, passthrough
+from darwin.kernels.model_stock import model_stock
+from darwin.kernels.seeds import tensor_seed
+from darwin.kernels.slerp import nuslerp, slerp
+from darwin.kernels.sparsify import band_mask, della_drop, magnitude_mask, random_drop
+from darwin.kernels.task_arithmetic import task_vector_merge
 
 T = torch.tensor
 
@@ -286,7 +286,7 @@ def test_magnitude_mask_keeps_all_ties_at_threshold():
 
 
 def test_darwin_blend_without_base_equals_base_a():
-    from darwin.merge.blend import darwin_blend
+    from darwin.kernels.blend import darwin_blend
 
     x = _rand(3, 2, 500, seed=21)
     r, lam = T([0.3, 0.5, 0.8]), T([0.2, 0.0, 0.6])

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import darwin
 from darwin.cli import app
 from darwin.errors import RecipeError
-from darwin.merge.slerp import slerp
+from darwin.kernels.slerp import slerp
 from darwin.plan.execute import execute
 from darwin.plan.params import evaluate
 from darwin.plan.recipe import Conditional, load_recipe

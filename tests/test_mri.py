@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from darwin.cli import app
-from darwin.mri.fuse import pair_ratios
-from darwin.mri.probe import FAMILIES, load_probes
-from darwin.mri.scan import scan_model
-from darwin.mri.static import tensor_stats, v5_score
+from darwin.diagnosis.fuse import pair_ratios
+from darwin.diagnosis.probe import FAMILIES, load_probes
+from darwin.diagnosis.scan import scan_model
+from darwin.diagnosis.static import tensor_stats, v5_score
 
 
 def test_probe_sets_ship_with_16_prompts_each():

@@ -216,7 +216,7 @@ def test_slerp_zero_norm_convention_differs():
     """darwin lerps when a tensor has zero norm; mergekit treats the zero vector as orthogonal."""
     from mergekit.merge_methods.slerp import slerp as mk_slerp
 
-    from darwin.merge.slerp import slerp_vectors
+    from darwin.kernels.slerp import slerp_vectors
 
     a = torch.zeros(1, 8)
     b = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))

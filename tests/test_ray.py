@@ -10,11 +10,11 @@ import pytest
 import darwin
 from darwin.errors import DarwinError, RecipeError
 from darwin.search.config import load_parents_config
-from darwin.search.evolve import read_history
+from darwin.search.runfolder import read_history
 
 pytest.importorskip("ray")
 
-from test_evolve import FITNESS_FILE, _cfg  # noqa: E402
+from helpers import FITNESS_FILE, evolve_cfg as _cfg  # noqa: E402
 
 
 def _same_history(a: list[dict], b: list[dict]) -> None:

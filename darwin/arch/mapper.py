@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-COMPONENTS = ("embed", "attn", "ssm", "ffn", "norm", "head", "other")
+Component = Literal["embed", "attn", "ssm", "ffn", "norm", "head", "other"]
+COMPONENTS: tuple[Component, ...] = get_args(Component)
 
 _LAYER = re.compile(r"^(?P<prefix>(?:.*?\.)?(?:layers|h|blocks|layer))\.(?P<idx>\d+)\.(?P<rest>.+)$")
 _ATTN = {"self_attn", "attn", "attention", "self_attention", "cross_attn"}
@@ -47,7 +48,7 @@ class TensorRole:
     """
 
     name: str
-    component: str
+    component: Component
     layer: int | None
     prefix: str | None
     rest: str

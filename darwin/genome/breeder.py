@@ -17,12 +17,13 @@ Baselines (scored before the search): both parents as they are, and a neutral ch
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from darwin.errors import RecipeError
-from darwin.genome.decode import CROSS_DECODERS, PairLayout, check_values, decode, pair_layout
+from darwin.genome.decode import PAIR_BASELINES, PairLayout, check_values, decode, pair_layout
+from darwin.genome.registry import Breeder, BreedRequest, Decoder, MriPrior, get_decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.crossover import CrossLayout, cross_layout, crossover_plan, ffn_transplant_plan, parent_plan
@@ -31,46 +32,29 @@ from darwin.plan.plan import MergePlan, ReportRow, Source, copy_task, linear_tas
 MIXER_THRESHOLD = 0.5
 
 
-class Breeder(Protocol):
-    """Parents prepared for a genome search."""
+class NoLayerPrior:
+    """Mixin for breeders without a per-layer prior (``mri_prior`` other than ``"layer"``)."""
 
-    a: str
-    b: str
-    base: str | None
-    num_layers: int
-    mri_prior: str | None  # "tensor": r_MRI per tensor; "layer": Block Influence via set_prior; None: no MRI
+    def set_prior(self, block_influence: list[float]) -> None:
+        """Refused: this decoder takes no per-layer prior."""
+        raise RecipeError(f"{type(self).__name__} takes no per-layer MRI prior")
 
-    @property
-    def models(self) -> list[str]:
-        """Parent references (A, B, base)."""
-        ...
-
-    def decode(self, spec: GenomeSpec, values: Mapping[str, float], *, r_mri: Mapping[str, float] | None = None,
-               seed: int = 0) -> MergePlan:
-        """Gene values → plan."""
-        ...
-
-    def baselines(self) -> dict[str, MergePlan]:
-        """Name → plan of each baseline."""
-        ...
-
-    def needed(self) -> dict[str, list[str]]:
-        """Reference → tensor names any plan may read."""
-        ...
-
-    def health_map(self, plan: MergePlan) -> dict[str, Any]:
-        """Keyword arguments of :func:`darwin.mri.health.health_check` mapping child layers to parents'."""
-        ...
+    def set_prior_ranks(self, ranks: list[float]) -> None:
+        """Refused: this decoder takes no per-layer prior (a genome recipe's ``prior`` is for golf)."""
+        raise RecipeError(f"{type(self).__name__} takes no per-layer MRI prior ('prior' is for the golf genome)")
 
 
-class PairBreeder:
+class PairBreeder(NoLayerPrior):
     """Same-family parents (and an optional base), paired tensor by tensor."""
-
-    mri_prior = "tensor"
 
     def __init__(self, layout: PairLayout):
         self.layout = layout
         self.a, self.b, self.base, self.num_layers = layout.a, layout.b, layout.base, layout.num_layers
+
+    @property
+    def parents(self) -> list[str]:
+        """A and B."""
+        return [self.a, self.b]
 
     @property
     def models(self) -> list[str]:
@@ -94,8 +78,9 @@ class PairBreeder:
                 tasks.append(linear_task(s.name, [a, b], [0.5, 0.5], s.shape, s.role.component, s.role.layer))
             else:
                 tasks.append(copy_task(s.name, a if kind == "A" else b, s.shape, s.role.component, s.role.layer))
-        return MergePlan(tasks, lay.models, lay.a, lay.config, lay.out_dtype, lay.tied, lay.a,
-                         report=[ReportRow(t.out_name, t.action) for t in tasks], method=f"baseline:{kind}")
+        return MergePlan(tasks=tasks, models=lay.models, reference=lay.a, config=lay.config, out_dtype=lay.out_dtype,
+                         tied=lay.tied, tokenizer_source=lay.a, report=[ReportRow(t.out_name, t.action) for t in tasks],
+                         method=f"baseline:{kind}")
 
     def needed(self) -> dict[str, list[str]]:
         """Stored names of every slot, per parent."""
@@ -113,15 +98,19 @@ class PairBreeder:
         return {}
 
 
-class CrossBreeder:
+class CrossBreeder(NoLayerPrior):
     """Parents of different families (``crossover`` or ``ffn_transplant`` decoder)."""
 
-    mri_prior = None
-    base = None
+    base: str | None = None
 
     def __init__(self, layout: CrossLayout, decoder: str):
         self.layout, self.decoder = layout, decoder
         self.a, self.b, self.num_layers = layout.a, layout.b, layout.num_layers
+
+    @property
+    def parents(self) -> list[str]:
+        """A and B."""
+        return [self.a, self.b]
 
     @property
     def models(self) -> list[str]:
@@ -160,34 +149,55 @@ class CrossBreeder:
         return {"b_layers": list(self.layout.b_layer), "b_num_layers": len(self.layout.b_mixers)}
 
 
+def _cross_breeder(request: BreedRequest) -> Breeder:
+    a, b = request.parents
+    decoder = request.spec.decoder
+    mode = "crossover" if decoder == "crossover" else "ffn"
+    return CrossBreeder(cross_layout(request.checkpoints, a, b, mode=mode, out_dtype=request.out_dtype), decoder)
+
+
+CROSSOVER = register_decoder(Decoder(
+    name="crossover", breeder=_cross_breeder, genes=("ffn_ratio", "embed_ratio"), per_layer_genes=("mixer",),
+    baselines=("parent A", "parent B", "hybrid ABAB"),
+    description="Transformer x SSM: per layer the attention of A or the SSM mixer of B (a Bamba hybrid)"))
+FFN_TRANSPLANT = register_decoder(Decoder(
+    name="ffn_transplant", breeder=_cross_breeder, per_layer_genes=("ffn",),
+    baselines=("parent A", "parent B", "all FFN 0.5"),
+    description="per-layer FFN transplant or blend between two families of equal FFN shape"))
+
+
 def make_breeder(spec: GenomeSpec, checkpoints: Mapping[str, Checkpoint], parents: list[str], base: str | None,
                  out_dtype: torch.dtype, max_params: int | None = None) -> Breeder:
-    """The breeder the genome's decoder needs.
+    """The breeder the genome's decoder needs, after the checks every decoder shares.
 
     Args:
-        parents: two references (one or two for the ``golf`` decoder).
+        spec: the genome (its ``decoder`` is looked up in :mod:`darwin.genome.registry`).
+        checkpoints: reference → opened checkpoint.
+        parents: parent references, A first (how many: the decoder's ``min_parents`` to ``max_parents``).
+        base: base model reference, or None.
+        out_dtype: child storage dtype.
         max_params: the parameter budget (required by ``golf``).
 
     Raises:
-        RecipeError: wrong number of parents, a base model with a decoder that takes none, a
-            golf genome without a budget.
+        RecipeError: unknown decoder, wrong number of parents, a base model for a decoder that takes
+            none, a golf genome without a budget.
         CompatibilityError: the parents cannot be bred by this decoder (named, before any weight is read).
     """
-    if spec.decoder == "golf":
-        if base:
-            raise RecipeError(f"genome {spec.name!r} (golf) takes no base model")
-        from darwin.genome.golf import GolfBreeder
-
-        return GolfBreeder(checkpoints, parents, max_params, out_dtype)
-    if len(parents) != 2:
-        raise RecipeError(f"genome {spec.name!r} ({spec.decoder}) breeds two parents; got {len(parents)} "
+    dec = get_decoder(spec.decoder)
+    n = len(parents)
+    if not dec.min_parents <= n <= dec.max_parents:
+        want = str(dec.min_parents) if dec.min_parents == dec.max_parents else f"{dec.min_parents} to {dec.max_parents}"
+        raise RecipeError(f"genome {spec.name!r} ({dec.name}) breeds {want} parents; got {n} "
                           "(merge others first with darwin merge, or evolve pairwise)")
+    if base and not dec.takes_base:
+        raise RecipeError(f"genome {spec.name!r} ({dec.name}) takes no base model")
+    if dec.breeder is not None:
+        return dec.breeder(BreedRequest(spec=spec, checkpoints=checkpoints, parents=list(parents), base=base,
+                                        out_dtype=out_dtype, max_params=max_params))
     a, b = parents
-    if spec.decoder in CROSS_DECODERS:
-        if base:
-            raise RecipeError(f"genome {spec.name!r} ({spec.decoder}) breeds two parents of different families; "
-                              "it takes no base model")
-        mode = "crossover" if spec.decoder == "crossover" else "ffn"
-        return CrossBreeder(cross_layout(checkpoints, a, b, mode=mode, out_dtype=out_dtype), spec.decoder)
     return PairBreeder(pair_layout(checkpoints, a, b, base, out_dtype))
 
+
+def mri_prior(spec: GenomeSpec) -> MriPrior:
+    """The MRI prior kind of the genome's decoder (``"tensor"``, ``"layer"`` or None)."""
+    return get_decoder(spec.decoder).mri_prior

@@ -20,7 +20,7 @@ Definitions (darwin's; the Darwin model cards name the genes but not how they co
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +30,10 @@ from darwin.arch.config import child_config
 from darwin.arch.mapper import ArchMap, TensorRole
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.errors import CompatibilityError, RecipeError
+from darwin.genome.registry import BLEND_GENES, Decoder, get_decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
-from darwin.merge.seeds import tensor_seed
+from darwin.kernels.seeds import tensor_seed
 from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask, copy_task
 
 _CLAMP = 1e-6
@@ -136,6 +137,8 @@ def pair_layout(checkpoints: Mapping[str, Checkpoint], a: str, b: str, base: str
 
 # ----------------------------------------------------------------------------- ratio rules
 _ATTN_LIKE = ("attn", "ssm")
+#: baselines of same-family decoders: both parents as they are and the uniform 0.5 linear merge
+PAIR_BASELINES = ("parent A", "parent B", "uniform 0.5")
 
 
 def darwin14_ratio(v: Mapping[str, float], role: TensorRole, num_layers: int, neutral: float) -> float:
@@ -164,32 +167,26 @@ def layerwise_ratio(v: Mapping[str, float], role: TensorRole, num_layers: int, n
     return neutral
 
 
-RATIO_RULES: dict[str, Callable[[Mapping[str, float], TensorRole, int, float], float]] = {
-    "darwin14": darwin14_ratio,
-    "layerwise": layerwise_ratio,
-}
-_SHARED_GENES = ("density_a", "density_b", "mri_trust", "merge_method_weight")
-# Cross-family decoders (darwin.genome.breeder): no DARE densities, trust or method mix.
-CROSS_DECODERS = ("crossover", "ffn_transplant")
-# Decoders that read no DARE densities or method mix (cross-family and depth decoders).
-_OWN_GENES_ONLY = CROSS_DECODERS + ("golf",)
-REQUIRED_GENES: dict[str, tuple[str, ...]] = {
-    "darwin14": ("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio",
-                 *(f"block_{i}_ratio" for i in range(6))),
-    "layerwise": ("embed_ratio", "norm_ratio"),
-    "crossover": ("ffn_ratio", "embed_ratio"),
-    "ffn_transplant": (),
-    "golf": ("mri_trust", "collapse"),
-}
-REQUIRED_PER_LAYER: dict[str, tuple[str, ...]] = {"darwin14": (), "layerwise": ("attn", "ffn"),
-                                                  "crossover": ("mixer",), "ffn_transplant": ("ffn",),
-                                                  "golf": ("keep",)}
+DARWIN14 = register_decoder(Decoder(
+    name="darwin14", ratio_rule=darwin14_ratio, mri_prior="tensor", takes_base=True,
+    genes=("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio", *(f"block_{i}_ratio" for i in range(6)),
+           *BLEND_GENES),
+    baselines=PAIR_BASELINES,
+    description="global, attention, FFN and embedding ratios times six depth-block ratios"))
+LAYERWISE = register_decoder(Decoder(
+    name="layerwise", ratio_rule=layerwise_ratio, mri_prior="tensor", takes_base=True,
+    genes=("embed_ratio", "norm_ratio", *BLEND_GENES), per_layer_genes=("attn", "ffn"),
+    baselines=PAIR_BASELINES,
+    description="one attention and one FFN ratio per layer"))
 
 
 def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_layers: int,
                  r_mri: Mapping[str, float] | None) -> float:
     """Final ratio r for one tensor: the decoder's rule, fused with MRI when given."""
-    rule = RATIO_RULES[spec.decoder]
+    rule = get_decoder(spec.decoder).ratio_rule
+    if rule is None:
+        raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} has no per-tensor ratio rule "
+                          "(it decodes through its own breeder)")
     r = rule(values, slot.role, num_layers, spec.options.neutral_ratio)
     if r_mri is not None and slot.name in r_mri:
         tau = values["mri_trust"]
@@ -203,13 +200,11 @@ def check_values(spec: GenomeSpec, values: Mapping[str, float], num_layers: int)
     Raises:
         RecipeError: a missing, unknown or out-of-bounds gene.
     """
-    if spec.decoder not in REQUIRED_GENES:
-        raise RecipeError(f"genome {spec.name!r}: unknown decoder {spec.decoder!r} (known: {sorted(REQUIRED_GENES)})")
+    dec = get_decoder(spec.decoder)
     genes = {g.name: g for g in spec.expand(num_layers)}
-    shared = () if spec.decoder in _OWN_GENES_ONLY else _SHARED_GENES
-    missing = [n for n in shared + REQUIRED_GENES[spec.decoder] if n not in genes]
+    missing = [n for n in dec.genes if n not in genes]
     per_layer = {g.name for g in spec.per_layer_genes}
-    missing += [f"per_layer_genes.{n}" for n in REQUIRED_PER_LAYER[spec.decoder] if n not in per_layer]
+    missing += [f"per_layer_genes.{n}" for n in dec.per_layer_genes if n not in per_layer]
     if missing:
         raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} needs genes {missing}")
     for n, g in genes.items():
@@ -239,9 +234,6 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
         replay it).
     """
     check_values(spec, values, layout.num_layers)
-    if spec.decoder not in RATIO_RULES:
-        raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} breeds parents of different families "
-                          "(use darwin.genome.breeder)")
     opt = spec.options
     lam = values["merge_method_weight"]
     dens = [values["density_a"], values["density_b"]]
@@ -255,15 +247,17 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
             report.append(ReportRow(s.name, "transplant", f"r={r:.3f} → {'A' if src is a_src else 'B'}"))
             continue
         base_src = Source(layout.base, s.base) if layout.base else None  # None: θ₀ = A (see blend.py)
-        tasks.append(TensorTask(s.name, s.shape, "darwin_blend", [a_src, b_src], base_src,
-                                {"t": r, "lambda": lam, "rescale": opt.rescale}, {"density": list(dens)},
-                                [tensor_seed(seed, s.name, 0), tensor_seed(seed, s.name, 1)],
-                                s.role.component, s.role.layer, "blend"))
+        tasks.append(TensorTask(out_name=s.name, shape=s.shape, method="darwin_blend", inputs=[a_src, b_src],
+                                base=base_src, shared={"t": r, "lambda": lam, "rescale": opt.rescale},
+                                parent={"density": list(dens)},
+                                seeds=[tensor_seed(seed, s.name, 0), tensor_seed(seed, s.name, 1)],
+                                component=s.role.component, layer=s.role.layer))
         report.append(ReportRow(s.name, "blend", f"r={r:.3f}"))
-    return MergePlan(tasks, layout.models, layout.a, layout.config, layout.out_dtype, layout.tied, layout.a,
-                     None, report, layout.checks, f"darwin-genome:{spec.name}",
-                     {"genome": genome_ref(spec), "parents": [layout.a, layout.b], "base": layout.base,
-                      "values": dict(values), "seed": seed})
+    return MergePlan(tasks=tasks, models=layout.models, reference=layout.a, config=layout.config,
+                     out_dtype=layout.out_dtype, tied=layout.tied, tokenizer_source=layout.a, report=report,
+                     checks=layout.checks, method=f"darwin-genome:{spec.name}",
+                     recipe={"genome": genome_ref(spec), "parents": [layout.a, layout.b], "base": layout.base,
+                             "values": dict(values), "seed": seed})
 
 
 def vector_to_values(spec: GenomeSpec, x: list[float], num_layers: int) -> dict[str, float]:

@@ -28,6 +28,7 @@ from darwin.arch.config import child_config
 from darwin.arch.mapper import ArchMap
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.genome.decode import check_values, pair_layout
+from darwin.genome.registry import Breeder, BreedRequest, Decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.depth import DepthChoice, choose_depth, layer_tasks
@@ -59,8 +60,7 @@ class GolfBreeder:
             layer does not fit the budget.
     """
 
-    mri_prior = "layer"
-    base = None
+    base: str | None = None
 
     def __init__(self, checkpoints: Mapping[str, Checkpoint], parents: list[str], max_params: int | None,
                  out_dtype: torch.dtype):
@@ -141,8 +141,8 @@ class GolfBreeder:
                              f"into kept layer {k}") for k, fold in zip(choice.keep, choice.folded) for i in fold]
         rec = recipe or {"golf": {"parents": self.models, "keep": list(choice.keep), "collapse": choice.collapse,
                                   "parent_ratio": ratio}}
-        return MergePlan(tasks, self.models, self.a, config, self.out_dtype, self.tied, self.a, None, report, [],
-                         method, rec)
+        return MergePlan(tasks=tasks, models=self.models, reference=self.a, config=config, out_dtype=self.out_dtype,
+                         tied=self.tied, tokenizer_source=self.a, report=report, method=method, recipe=rec)
 
     def decode(self, spec: GenomeSpec, values: Mapping[str, float], *, r_mri=None, seed: int = 0) -> MergePlan:
         """Gene values → the depth plan (see module doc)."""
@@ -179,6 +179,17 @@ class GolfBreeder:
         keep = _keep_of(plan, self.amap)
         return {"a_layers": keep, "a_num_layers": self.num_layers, "b_layers": keep,
                 "b_num_layers": self.num_layers}
+
+
+def _golf_breeder(request: BreedRequest) -> Breeder:
+    return GolfBreeder(request.checkpoints, request.parents, request.max_params, request.out_dtype)
+
+
+GOLF = register_decoder(Decoder(
+    name="golf", breeder=_golf_breeder, genes=("mri_trust", "collapse"), per_layer_genes=("keep",),
+    mri_prior="layer", min_parents=1, max_parents=2,
+    baselines=("parent A", "parent B", "ShortGPT (drop lowest BI)"),
+    description="keep, drop and LaCo-collapse layers under a parameter budget (model golf)"))
 
 
 def _keep_of(plan: MergePlan, amap: ArchMap) -> list[int]:

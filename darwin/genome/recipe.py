@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from darwin.errors import RecipeError, describe_validation_error
 from darwin.io.yamlfile import load_yaml_mapping
-from darwin.genome.breeder import make_breeder
+from darwin.genome.breeder import make_breeder, mri_prior
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.plan import MergePlan
@@ -77,7 +78,40 @@ def plan_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
     ckpts = {r: Checkpoint(r) for r in refs}
     breeder = make_breeder(spec, ckpts, rec.parents, rec.base, parse_dtype(rec.dtype), rec.max_params)
     if rec.prior is not None:
-        if breeder.mri_prior != "layer":
+        if mri_prior(spec) != "layer":
             raise RecipeError(f"genome recipe: 'prior' is for the golf genome, not {spec.name!r}")
         breeder.set_prior_ranks(rec.prior)
     return breeder.decode(spec, rec.values, r_mri=rec.mri, seed=rec.seed), ckpts
+
+
+def genome_recipe_plan(source: Any, *, seed: int | None = None) -> tuple[MergePlan, dict[str, Checkpoint]] | None:
+    """Decode ``source`` if it is a genome recipe (a :class:`GenomeRecipe`, a dict or a YAML file with a
+    ``genome:`` key); None for anything else (a mergekit recipe, handled by :func:`darwin.plan.run.merge`).
+
+    Args:
+        source: what ``darwin merge`` was given.
+        seed: overrides the recipe's mask seed.
+
+    Raises:
+        RecipeError: an invalid genome recipe, naming the file.
+    """
+    import yaml
+
+    data: Any = source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            data = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None  # the mergekit recipe loader reports it with the file name
+    if not (isinstance(data, GenomeRecipe) or is_genome_recipe(data)):
+        return None
+    try:
+        rec = load_genome_recipe(source)
+        if seed is not None:
+            rec = rec.model_copy(update={"seed": seed})
+        return plan_genome_recipe(rec)
+    except RecipeError as e:
+        if isinstance(source, (str, os.PathLike)) and not str(e).startswith(str(source)):
+            raise RecipeError(f"{source}: {e}") from None
+        raise

@@ -2,8 +2,9 @@
 
 CMA-ES searches unbounded reals ``x``; a gene's value is ``low + (high − low)·σ(x)`` with
 ``σ(x) = 1/(1 + e^{−x})``, so every candidate is inside its bounds without clipping, and the start
-value maps back through the logit. Built-in genomes live in the repository's ``genomes/`` folder
-(``darwin14``, ``layerwise``, ``my-genome``); any YAML path of the same shape works.
+value maps back through the logit. Built-in genomes are package data in ``darwin/genome/builtin/``
+(``darwin14``, ``layerwise``, ``my-genome``, ``crossover``, ``ffn-transplant``, ``golf``; see
+:func:`builtin_genomes`); any YAML path of the same shape works.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from darwin.errors import RecipeError, describe_validation_error
+from darwin.io.resources import package_dir
 from darwin.io.yamlfile import load_yaml_mapping
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 _EPS = 1e-4
 
 
@@ -95,6 +96,16 @@ class GenomeSpec(BaseModel):
         return out
 
 
+def builtin_dir() -> Path:
+    """The folder of the built-in genome YAMLs (package data, found with importlib.resources)."""
+    return package_dir("darwin.genome", "builtin")
+
+
+def builtin_genomes() -> list[str]:
+    """Names of the built-in genomes, sorted."""
+    return sorted(f.stem for f in builtin_dir().glob("*.yaml"))
+
+
 def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
     """Load a built-in genome by name (``darwin14``) or a genome YAML by path.
 
@@ -103,9 +114,9 @@ def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
     """
     p = Path(name_or_path)
     if not p.exists():
-        cand = BUILTIN_DIR / f"{name_or_path}.yaml"
+        cand = builtin_dir() / f"{name_or_path}.yaml"
         if not cand.exists():
-            known = sorted(f.stem for f in BUILTIN_DIR.glob("*.yaml"))
+            known = builtin_genomes()
             raise RecipeError(f"genome {str(name_or_path)!r}: no such file or built-in genome (built-in: {known})")
         p = cand
     data = load_yaml_mapping(p, "genome")
@@ -117,6 +128,6 @@ def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
 
 def genome_ref(spec: GenomeSpec) -> str:
     """How to name ``spec`` in a saved recipe: its name if built in, else its file path."""
-    if spec.source and Path(spec.source).resolve().parent == BUILTIN_DIR.resolve():
+    if spec.source and Path(spec.source).resolve().parent == builtin_dir().resolve():
         return spec.name
     return spec.source or spec.name

@@ -232,8 +232,9 @@ def _finish(lay: CrossLayout, tasks: list[TensorTask], config: dict[str, Any], m
         f"{'A' if s.model == lay.a else 'B'}:{s.tensor}" for s in t.inputs)) for t in tasks]
     report += [ReportRow(n, "not-inherited", f"{'A' if ref == lay.a else 'B'} ({list(s)})")
                for ref in (lay.a, lay.b) for n, s in lay.shapes[ref].items() if (ref, n) not in used]
-    return MergePlan(tasks, lay.models, lay.a, config, lay.out_dtype, lay.tied, lay.a, None, report, lay.checks,
-                     method, recipe)
+    return MergePlan(tasks=tasks, models=lay.models, reference=lay.a, config=config, out_dtype=lay.out_dtype,
+                     tied=lay.tied, tokenizer_source=lay.a, report=report, checks=lay.checks, method=method,
+                     recipe=recipe)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -352,8 +353,10 @@ def parent_plan(lay: CrossLayout, which: str) -> MergePlan:
     cfg = child_config(lay.config_a if which == "A" else lay.config_b, dtype=lay.out_dtype,
                        tied=lay.tied if which == "A" else "lm_head.weight" not in lay.shapes[ref])
     tasks = [copy_task(n, Source(ref, n), s, classify(n).component, classify(n).layer) for n, s in lay.shapes[ref].items()]
-    return MergePlan(tasks, lay.models, ref, cfg, lay.out_dtype, cfg["tie_word_embeddings"], ref, None,
-                     [ReportRow(t.out_name, "transplant") for t in tasks], lay.checks, f"baseline:{which}")
+    return MergePlan(tasks=tasks, models=lay.models, reference=ref, config=cfg, out_dtype=lay.out_dtype,
+                     tied=cfg["tie_word_embeddings"], tokenizer_source=ref,
+                     report=[ReportRow(t.out_name, "transplant") for t in tasks], checks=lay.checks,
+                     method=f"baseline:{which}")
 
 
 def crossover(transformer_parent: str, ssm_parent: str, out_dir=None, *, mixers: str | list[str],

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from darwin.errors import DarwinError
-from darwin.merge.methods import get_method, run_kernel
+from darwin.kernels.methods import get_method, run_kernel
 from darwin.plan.plan import MergePlan, TensorTask
 
 DEFAULT_BATCH_BYTES = 1 << 30  # CUDA: big batches amortise launches over many small tensors

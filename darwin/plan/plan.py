@@ -7,9 +7,14 @@ the executor turns a plan into tensors without knowing where it came from.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+from darwin.arch.mapper import Component
+
+#: report label of a task: merged from several inputs, or one input copied whole
+TaskAction = Literal["blend", "transplant"]
 
 
 @dataclass(frozen=True)
@@ -20,14 +25,14 @@ class Source:
     tensor: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TensorTask:
     """How one child tensor is made.
 
     Attributes:
         out_name: child tensor name.
         shape: tensor shape (equal for all inputs).
-        method: merge method name (see :data:`darwin.merge.methods.METHODS`).
+        method: merge method name (see :data:`darwin.kernels.methods.METHODS`).
         inputs: non-base parents, in order (``[N]``).
         base: the base input, or None.
         shared: per-tensor scalar parameters (``t``, ``lambda``, ``normalize``…).
@@ -46,9 +51,9 @@ class TensorTask:
     shared: dict[str, Any] = field(default_factory=dict)
     parent: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[int] | None = None
-    component: str = "other"
+    component: Component = "other"
     layer: int | None = None
-    action: str = "blend"
+    action: TaskAction = "blend"
 
     @property
     def numel(self) -> int:
@@ -59,17 +64,19 @@ class TensorTask:
         return n
 
 
-def copy_task(out: str, src: Source, shape, component: str = "other", layer: int | None = None) -> TensorTask:
+def copy_task(out: str, src: Source, shape: tuple[int, ...] | list[int], component: Component = "other",
+              layer: int | None = None) -> TensorTask:
     """A whole-tensor transplant: ``out`` is ``src`` unchanged (``passthrough``, scale 1)."""
-    return TensorTask(out, tuple(shape), "passthrough", [src], None, {}, {"scale": [1.0]}, None, component, layer,
-                      "transplant")
+    return TensorTask(out_name=out, shape=tuple(shape), method="passthrough", inputs=[src], parent={"scale": [1.0]},
+                      component=component, layer=layer, action="transplant")
 
 
-def linear_task(out: str, inputs: list[Source], weights: list[float], shape, component: str = "other",
-                layer: int | None = None, *, normalize: bool = True) -> TensorTask:
+def linear_task(out: str, inputs: list[Source], weights: list[float], shape: tuple[int, ...] | list[int],
+                component: Component = "other", layer: int | None = None, *, normalize: bool = True) -> TensorTask:
     """``Σ wᵢ·inputᵢ`` (divided by ``Σ wᵢ`` when ``normalize``; the ``linear`` kernel)."""
-    return TensorTask(out, tuple(shape), "linear", list(inputs), None, {"normalize": normalize},
-                      {"weight": list(weights)}, None, component, layer, "blend")
+    return TensorTask(out_name=out, shape=tuple(shape), method="linear", inputs=list(inputs),
+                      shared={"normalize": normalize}, parent={"weight": list(weights)}, component=component,
+                      layer=layer)
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class ReportRow:
     detail: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MergePlan:
     """A complete merge: tasks plus what the child folder needs besides weights.
 

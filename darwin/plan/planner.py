@@ -20,8 +20,8 @@ from darwin.arch.mapper import ArchMap, TensorRole
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.io.checkpoint import Checkpoint
-from darwin.merge.methods import MethodSpec, get_method, normalize_rescale
-from darwin.merge.seeds import tensor_seed
+from darwin.kernels.methods import MethodSpec, get_method, normalize_rescale
+from darwin.kernels.seeds import tensor_seed
 from darwin.plan import params as P
 from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
 from darwin.plan.recipe import InputSlice, OutputSlice, Recipe
@@ -213,8 +213,9 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
             seeds = [tensor_seed(recipe.seed, out_name, i) for i in range(n_in)]
         shape = next(s for s in shapes.values() if s is not None)
         task_action = "transplant" if n_in + (base_src is not None) == 1 or spec.name == "passthrough" else "blend"
-        tasks.append(TensorTask(out_name, shape, spec.name, inputs, base_src, shared, parent, seeds,
-                                role.component, out_layer, task_action))
+        tasks.append(TensorTask(out_name=out_name, shape=shape, method=spec.name, inputs=inputs, base=base_src,
+                                shared=shared, parent=parent, seeds=seeds, component=role.component,
+                                layer=out_layer, action=task_action))
         report.append(ReportRow(out_name, task_action, detail))
 
     def entries_for(sl: OutputSlice, pairs: list[tuple[str, str]], base_name: str) -> list[tuple[str, str | None]]:
@@ -281,8 +282,9 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
         if recipe.slices is not None else None
     config = child_config(checkpoints[reference].config, dtype=out_dtype, tied=out_tied,
                           layer_sources=layer_sources)
-    plan = MergePlan(tasks, models, reference, config, out_dtype, out_tied, tok_src, recipe.chat_template,
-                     report, checks, spec.name, recipe.model_dump(exclude_none=True))
+    plan = MergePlan(tasks=tasks, models=models, reference=reference, config=config, out_dtype=out_dtype,
+                     tied=out_tied, tokenizer_source=tok_src, chat_template=recipe.chat_template, report=report,
+                     checks=checks, method=spec.name, recipe=recipe.model_dump(exclude_none=True))
     problems = [f"{r.tensor}: {r.action} ({r.detail})" for r in report if r.action not in ("blend", "transplant")]
     problems += [f"{name} differs: {detail}" for name, ok, detail in checks if not ok]
     if problems:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from darwin.errors import describe_validation_error
 from darwin.io.yamlfile import load_yaml_mapping
-from darwin.mri.probe import FAMILIES
+from darwin.diagnosis.probe import FAMILIES
 
 
 class _Strict(BaseModel):

@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from darwin.io.figures import agg_figure, save_png
+
 
 def plot_history(history: list[dict[str, Any]], baselines: dict[str, float], path: Path) -> Path:
     """Draw the fitness curve from ``history.jsonl`` records; returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     gens, best, mean, so_far = [], [], [], []
     running = float("-inf")
     for rec in history:
@@ -24,7 +21,8 @@ def plot_history(history: list[dict[str, Any]], baselines: dict[str, float], pat
         mean.append(sum(vals) / len(vals))
         running = max(running, best[-1])
         so_far.append(running)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = agg_figure(figsize=(6.5, 4))
+    ax = fig.add_subplot()
     if gens:
         ax.plot(gens, mean, "o-", color="0.6", label="generation mean")
         ax.plot(gens, best, "o-", color="C0", label="generation best")
@@ -38,7 +36,4 @@ def plot_history(history: list[dict[str, Any]], baselines: dict[str, float], pat
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

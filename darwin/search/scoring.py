@@ -30,3 +30,17 @@ def build_component(entry: FitnessEntry) -> Component:
 def build_fitness(entries: list[FitnessEntry]) -> CombinedFitness:
     """Weighted sum of all entries."""
     return CombinedFitness([build_component(e) for e in entries])
+
+
+def as_score_fn(fn: Any) -> Callable[[Any, Any], Any]:
+    """A fitness as ``(model, tokenizer) -> Score``: a :class:`CombinedFitness` as is, any other
+    callable returning a float (or a Score) wrapped as one ``custom`` component."""
+    from darwin.fitness.base import Score
+
+    if isinstance(fn, CombinedFitness):
+        return fn
+
+    def wrapped(model: Any, tok: Any) -> Any:
+        v = fn(model, tok)
+        return v if isinstance(v, Score) else CombinedFitness([Component("custom", lambda m, t: v)])(model, tok)
+    return wrapped

@@ -137,10 +137,7 @@ def render(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Bars zoomed on the data range, each labelled with its value (differences are small)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from darwin.io.figures import agg_figure, save_png
 
     names = [r["name"] for r in rows]
     panels = [("search perplexity (exp −fitness)", [math.exp(-r["search_fitness"]) for r in rows]),
@@ -148,7 +145,8 @@ def plot(rows: list[dict], path: Path) -> None:
               ("held-out ppl, shlex + fractions", [r["heldout_ppl"]["code"] for r in rows]),
               ("held-out ppl, Python-docs prose", [r["heldout_ppl"]["prose"] for r in rows]),
               ("HumanEval bits per byte", [r["humaneval_bits_per_byte"] for r in rows])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True)
+    fig = agg_figure(figsize=(4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), sharey=True)
     for i, (ax, (title, vals)) in enumerate(zip(axes, panels)):
         colors = ["C3" if n == "evolved child" else "C0" for n in names]
         ax.barh(names, vals, color=colors)
@@ -158,9 +156,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for y, v in enumerate(vals):
             ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
         ax.set_title(title + "\n(lower is better)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python examples/smollm2-mamba2-crossover/run_demo.py [OUT]`` (default
 ``runs/crossover-demo``). Steps: SmolLM2 from the zoo; the text splits of the SmolLM2 example;
-the Mamba-2 parent (build_ssm_parent.py, cached); ``darwin evolve`` with ``genomes/crossover.yaml``;
+the Mamba-2 parent (build_ssm_parent.py, cached); ``darwin evolve`` with ``darwin/genome/builtin/crossover.yaml``;
 held-out perplexity (Ruth 3–4, shlex + fractions, Python-docs prose; 1024 tokens each) of both
 parents, the evolved child, the best searched hybrid that has at least one SSM layer, and fixed
 hybrids with one SSM mixer. Writes ``OUT/summary.json`` and ``OUT/summary.md``.

@@ -112,7 +112,7 @@ def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequ
     Args:
         delta: ``[B, N, n]`` float32 task vectors.
         density: ``[B, N]`` keep probability ρ.
-        seeds: ``B × N`` integer seeds (see :func:`darwin.merge.seeds.tensor_seed`).
+        seeds: ``B × N`` integer seeds (see :func:`darwin.kernels.seeds.tensor_seed`).
         rescale: ``"paper"`` (δ·m/ρ), ``"l1"`` (match the L1 norm) or ``None``.
         inplace: write the result into ``delta``.
 

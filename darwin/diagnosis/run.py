@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from darwin.io.writer import atomic_output_dir
-from darwin.mri.fuse import pair_ratios
-from darwin.mri.probe import FAMILIES
-from darwin.mri.report import heatmap, mri_document, write_json
-from darwin.mri.scan import Scan, scan_model
+from darwin.diagnosis.fuse import pair_ratios
+from darwin.diagnosis.probe import FAMILIES
+from darwin.diagnosis.report import heatmap, mri_document, write_json
+from darwin.diagnosis.scan import Scan, scan_model
 
 
 def pair_r_mri(a: Scan, b: Scan, w_static: float = 0.4, w_probe: float = 0.6) -> dict[str, float]:
-    """r_MRI per tensor for parents A and B (see :mod:`darwin.mri.fuse`)."""
+    """r_MRI per tensor for parents A and B (see :mod:`darwin.diagnosis.fuse`)."""
     pa = a.probe.get("bi", {}).get("overall")
     pb = b.probe.get("bi", {}).get("overall")
     return pair_ratios(a.static_scores(), b.static_scores(), a.layer_of(), pa, pb, w_static, w_probe)

@@ -21,7 +21,8 @@ from typing import Any
 
 from rich.table import Table
 
-from darwin.mri.scan import Scan
+from darwin.io.figures import agg_figure, save_png
+from darwin.diagnosis.scan import Scan
 
 
 def mri_document(scans: dict[str, Scan], r_mri: dict[str, float] | None, w_static: float, w_probe: float
@@ -60,10 +61,6 @@ def layer_table(scans: dict[str, Scan]) -> Table:
 
 def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
     """``mri.png``: layers × probe families of Block Influence, one panel per model (+ B − A)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     with_probe = {k: s for k, s in scans.items() if s.probe}
@@ -75,9 +72,8 @@ def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
         fams = [f for f in s.probe["bi"] if f != "overall"] + ["overall"]
         mats[k] = (fams, np.array([s.probe["bi"][f] for f in fams]))
     extra = len(panels) == 2
-    fig, axes = plt.subplots(1, len(panels) + extra, figsize=(4.5 * (len(panels) + extra), 3.2 + 0.12 *
-                                                                    max(s.num_layers for _, s in panels)),
-                             squeeze=False)
+    fig = agg_figure(figsize=(4.5 * (len(panels) + extra), 3.2 + 0.12 * max(s.num_layers for _, s in panels)))
+    axes = fig.subplots(1, len(panels) + extra, squeeze=False)
     for ax, (k, s) in zip(axes[0], panels):
         fams, m = mats[k]
         im = ax.imshow(m.T, aspect="auto", cmap="viridis")
@@ -96,7 +92,4 @@ def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_xticks(range(len(fams)), fams, rotation=45, ha="right", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

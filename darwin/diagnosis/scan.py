@@ -9,8 +9,9 @@ from rich.progress import Progress
 
 from darwin.arch.mapper import ArchMap
 from darwin.io.checkpoint import Checkpoint
-from darwin.mri.probe import FAMILIES, layer_importance, load_probes
-from darwin.mri.static import tensor_stats
+from darwin.plan.execute import resolve_device
+from darwin.diagnosis.probe import FAMILIES, layer_importance, load_probes
+from darwin.diagnosis.static import tensor_stats
 
 
 @dataclass
@@ -63,11 +64,13 @@ def scan_model(ref: str, *, probes: bool = True, families: tuple[str, ...] = FAM
         ref: model folder (or hub id).
         probes: run the probe prompts (loads the model with transformers).
         families: probe families to run.
-        device: where the probe forward passes run.
+        device: where the probe forward passes run (``auto``, ``cpu``, ``cuda``, ``cuda:1`` …; the same
+            rule as the merge kernels, :func:`darwin.plan.execute.resolve_device`).
         model, tokenizer: an already loaded model/tokenizer to probe instead of loading ``ref``.
         progress: show progress bars.
         max_length: probe prompt truncation, tokens.
     """
+    dev = resolve_device(device)  # a bad or missing device fails here, never silently on the CPU
     ckpt = Checkpoint(ref)
     if probes:
         ckpt.require_config()
@@ -77,7 +80,7 @@ def scan_model(ref: str, *, probes: bool = True, families: tuple[str, ...] = FAM
         if model is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype="float32").to(device).eval()
+            model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype="float32").to(dev).eval()
             tokenizer = AutoTokenizer.from_pretrained(ckpt.path)
         probe = layer_importance(model, tokenizer, load_probes(families), amap.num_layers, max_length)
     ckpt.close()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from darwin.merge import sparsify as sp
+from darwin.kernels import sparsify as sp
 
 _EPS = 1e-8
 
@@ -126,7 +126,7 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
         density: ``[B, N]`` fraction kept ρᵢ (default 1).
         lam: ``[B]`` scale λ of the merged task vector (default 1).
         normalize: divide by the (elected) sum of weights.
-        rescale: after sparsification, ``"paper"``, ``"l1"`` or ``None`` (see :mod:`darwin.merge.sparsify`).
+        rescale: after sparsification, ``"paper"``, ``"l1"`` or ``None`` (see :mod:`darwin.kernels.sparsify`).
         gamma: ``[B, N]`` breadcrumbs outlier fraction.
         epsilon: ``[B, N]`` DELLA probability spread.
         seeds: ``B × N`` seeds for random masks.

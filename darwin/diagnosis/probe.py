@@ -6,7 +6,7 @@ For a decoder layer ℓ with input ``x`` and output ``y`` at every token:
 * angular distance ``E[arccos(cos(x, y))/π]`` (Gromov et al., arXiv 2403.17887).
 
 The expectation runs over all tokens of all prompts of a family. Probe sets ship with darwin
-(``darwin/mri/probes/*.txt``: reasoning, code, math, knowledge, language; 16 prompts each, written
+(``darwin/diagnosis/probes/*.txt``: reasoning, code, math, knowledge, language; 16 prompts each, written
 for darwin; a file with ``---`` lines holds multi-line prompts separated by them).
 """
 
@@ -19,8 +19,14 @@ from pathlib import Path
 
 import torch
 
-PROBE_DIR = Path(__file__).resolve().parent / "probes"
+from darwin.io.resources import package_dir
+
 FAMILIES = ("reasoning", "code", "math", "knowledge", "language")
+
+
+def shipped_probe_dir() -> Path:
+    """The folder of the shipped probe prompt files (package data, found with importlib.resources)."""
+    return package_dir("darwin.diagnosis", "probes")
 
 
 def load_probes(families: tuple[str, ...] | list[str] = FAMILIES, probe_dir: Path | None = None
@@ -30,7 +36,7 @@ def load_probes(families: tuple[str, ...] | list[str] = FAMILIES, probe_dir: Pat
     Raises:
         FileNotFoundError: a family has no ``<family>.txt``.
     """
-    d = probe_dir or PROBE_DIR
+    d = probe_dir or shipped_probe_dir()
     out = {}
     for fam in families:
         text = (d / f"{fam}.txt").read_text()

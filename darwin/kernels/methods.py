@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from darwin.merge.blend import darwin_blend
-from darwin.merge.linear import linear, passthrough
-from darwin.merge.model_stock import model_stock
-from darwin.merge.slerp import nuslerp, slerp
-from darwin.merge.task_arithmetic import FAMILY, task_vector_merge
+from darwin.kernels.blend import darwin_blend
+from darwin.kernels.linear import linear, passthrough
+from darwin.kernels.model_stock import model_stock
+from darwin.kernels.slerp import nuslerp, slerp
+from darwin.kernels.task_arithmetic import FAMILY, task_vector_merge
 
 
 @dataclass(frozen=True)

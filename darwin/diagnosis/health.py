@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from darwin.mri.probe import layer_states
+from darwin.diagnosis.probe import layer_states
 
 
 @torch.no_grad()

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-from darwin.merge.slerp import slerp
-from darwin.merge.sparsify import random_drop
-from darwin.merge.task_arithmetic import task_vector_merge
+from darwin.kernels.slerp import slerp
+from darwin.kernels.sparsify import random_drop
+from darwin.kernels.task_arithmetic import task_vector_merge
 
 
 def darwin_blend(x: torch.Tensor, base: torch.Tensor | None, r: torch.Tensor, lam: torch.Tensor,

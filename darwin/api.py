@@ -1,0 +1,140 @@
+"""The public functions: one per command, each what the command does (the CLI parses, calls, prints).
+
+``darwin.merge``, ``darwin.evolve``, ``darwin.golf``, ``darwin.trim_vocab``, ``darwin.crossover``
+and ``darwin.mri`` are these functions. They keep the flat keyword signatures a user types and pass
+checked options down to :mod:`darwin.search`, :mod:`darwin.plan` and :mod:`darwin.diagnosis`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from darwin.errors import describe_validation_error
+from darwin.plan.crossover import crossover
+from darwin.plan.run import MergeResult
+from darwin.plan.trim import TrimResult, trim_vocab
+
+__all__ = ["merge", "evolve", "golf", "trim_vocab", "crossover", "mri", "MergeResult", "TrimResult"]
+
+
+def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool = False,
+          device: str | torch.device | None = "auto", max_shard_size: str | int = "5GB",
+          batch_bytes: int | None = None, seed: int | None = None, dry_run: bool = False,
+          progress: bool = True) -> MergeResult:
+    """Merge parents as a recipe says and write the child (``darwin merge``).
+
+    Args:
+        recipe: a mergekit recipe (YAML path, YAML text, dict or :class:`darwin.plan.recipe.Recipe`),
+            or a genome recipe (``OUT/recipe.yaml`` of ``darwin evolve`` / ``darwin golf``, a dict
+            with a ``genome`` key or a :class:`darwin.genome.recipe.GenomeRecipe`), which rebuilds
+            the evolved child bit for bit.
+        out_dir: child folder; refused if it exists unless ``force``. Not needed for a dry run.
+        force: replace an existing ``out_dir`` (only once the new child is complete).
+        device: kernel device; ``"auto"`` uses CUDA when available.
+        max_shard_size: shard size limit (``"5GB"``, ``"500MB"``, bytes).
+        batch_bytes: working-set budget of one batched kernel call, bytes (default by device).
+        seed: overrides the recipe's mask seed (DARE/DELLA masks; a genome recipe's seed).
+        dry_run: plan and check only; nothing is written.
+        progress: show a rich progress bar.
+
+    Returns:
+        a :class:`darwin.plan.run.MergeResult`.
+
+    Raises:
+        RecipeError, CheckpointError, CompatibilityError, OutputExistsError: bad input, named.
+    """
+    from darwin.genome.recipe import genome_recipe_plan
+    from darwin.plan.run import merge as run_merge
+
+    planned = genome_recipe_plan(recipe, seed=seed)
+    return run_merge(planned if planned is not None else recipe, out_dir, force=force, device=device,
+                     max_shard_size=max_shard_size, batch_bytes=batch_bytes, seed=seed, dry_run=dry_run,
+                     progress=progress)
+
+
+def evolve(config: Any, out_dir: str | os.PathLike, *, resume: bool = False, force: bool = False,
+           fitness: Any = None, progress: bool = True, write_outputs: bool = True, workers: int | None = None,
+           address: str | None = None) -> Any:
+    """Breed a child with CMA-ES (``darwin evolve``; the steps: :mod:`darwin.search.evolve`).
+
+    Args:
+        config: ``parents.yaml`` path, dict or :class:`darwin.search.config.ParentsConfig`.
+        out_dir: run folder.
+        resume: continue a killed run in ``out_dir`` (same configuration required).
+        force: restart from scratch if ``out_dir`` holds a previous run.
+        fitness: a callable ``(model, tokenizer) -> float | Score`` replacing the configured
+            fitness entries (they are still validated).
+        progress: rich progress bar.
+        write_outputs: write the child, recipe, health check (off for quick experiments).
+        workers: Ray actors scoring candidates in parallel (overrides ``search.workers``).
+        address: Ray cluster to join (overrides ``search.address``).
+
+    Returns:
+        a :class:`darwin.search.evolve.EvolveResult`.
+
+    Raises:
+        RecipeError, CheckpointError, CompatibilityError, OutputExistsError, DarwinError.
+    """
+    from darwin.search.evolve import EvolveOptions
+    from darwin.search.evolve import evolve as run_evolve
+
+    opts = EvolveOptions(resume=resume, force=force, progress=progress, write_outputs=write_outputs,
+                         workers=workers, address=address)
+    return run_evolve(config, out_dir, opts, fitness)
+
+
+def golf(models: str | os.PathLike | list[str | os.PathLike], out_dir: str | os.PathLike, *,
+         max_params: int | str = "100M", min_context: int = 1028, text: list[str | os.PathLike] | None = None,
+         population: int = 8, generations: int = 6, seed: int = 0,
+         trim_corpus: list[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
+         force: bool = False, progress: bool = True) -> Any:
+    """Cut one model (or two of one family) to a parameter budget without training (``darwin golf``).
+
+    Args:
+        models: one parent, or two of one family (folders or hub ids).
+        out_dir: run folder; the child is ``out_dir/child``.
+        max_params: budget (tied embeddings counted once): ``100M``, ``99_500_000`` …
+        min_context: minimum context window, checked on the saved child.
+        text: files or folders of the bits-per-byte fitness (default: the shipped probe prompts).
+        population, generations, seed: CMA-ES budget and seed.
+        trim_corpus: width operator (off by default): first keep only the tokens these texts use,
+            into ``<out_dir>-trimmed-<i>``.
+        device: search device.
+        resume, force, progress: as for :func:`evolve`.
+
+    Returns:
+        a :class:`darwin.search.evolve.EvolveResult` (``constraints``: the saved child measured).
+
+    Raises:
+        RecipeError, CheckpointError, CompatibilityError, OutputExistsError, DarwinError.
+    """
+    from darwin.search.evolve import EvolveOptions
+    from darwin.search.golf import GolfRequest
+    from darwin.search.golf import golf as run_golf
+
+    names = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    fields = {"models": [str(m) for m in names], "max_params": max_params, "min_context": min_context,
+              "text": [str(t) for t in text] if text else None, "population": population,
+              "generations": generations, "seed": seed, "device": device,
+              "trim_corpus": [str(c) for c in trim_corpus] if trim_corpus else None}
+    try:
+        req = GolfRequest.model_validate(fields)
+    except ValidationError as e:
+        raise describe_validation_error("golf", "golf options", e) from None
+    return run_golf(req, Path(out_dir), EvolveOptions(resume=resume, force=force, progress=progress))
+
+
+def mri(model: str, out_dir: str | os.PathLike | None = None, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """MRI scan of a model or pair (``darwin mri``; arguments: :func:`darwin.diagnosis.run.run_mri`).
+
+    Returns:
+        (the ``mri.json`` document, the scans by label ``A``/``B``).
+    """
+    from darwin.diagnosis.run import run_mri
+
+    return run_mri(model, out_dir, **kwargs)

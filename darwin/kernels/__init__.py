@@ -1,0 +1,1 @@
+"""Merge kernels: small pure batched functions, float32 in, float32 out (see :mod:`darwin.kernels.methods`)."""

@@ -1,0 +1,58 @@
+"""What a person and a resumed run see of the search: the progress bar, ``history.jsonl``, ``fitness.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from darwin.search.plot import plot_history
+from darwin.search.runfolder import append_jsonl
+
+
+def _fmt(best: float | None) -> str:
+    return "-" if best is None else f"{best:.5g}"
+
+
+class RunMonitor:
+    """:class:`darwin.search.loop.LoopEvents` of a run: each finished generation is appended to
+    ``history.jsonl`` (fsynced) and drawn into ``fitness.png``; a rich bar counts candidates.
+
+    Args:
+        out: the run folder.
+        baselines: name → fitness of each baseline (horizontal lines in the plot).
+        counts: (population, generations of the whole run, generations already in the history).
+        best: best fitness so far (None if none).
+        progress: show the bar.
+    """
+
+    def __init__(self, out: Path, baselines: dict[str, float | None], *, counts: tuple[int, int, int],
+                 best: float | None, progress: bool):
+        popsize, n_gen, done = counts
+        self.out, self.baselines = out, baselines
+        self.bar = Progress(TextColumn("[bold]gen {task.fields[gen]}/{task.fields[n_gen]}"), BarColumn(),
+                            MofNCompleteColumn(), TextColumn("best {task.fields[best]}"), TimeRemainingColumn(),
+                            TextColumn("[dim]{task.fields[last]}"), disable=not progress, transient=False)
+        self.job = self.bar.add_task("evolve", total=n_gen * popsize, completed=done * popsize, gen=done,
+                                     n_gen=n_gen, best=_fmt(best), last="")
+
+    def __enter__(self) -> RunMonitor:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.bar.__exit__(exc_type, exc, tb)
+
+    def candidate(self, generation: int, record: dict[str, Any] | None) -> None:
+        """Advance the bar; shows the worker and seconds of the candidate, or ``infeasible``."""
+        last = "infeasible" if record is None else f"{record['worker']} {record['seconds']:.1f}s"
+        self.bar.update(self.job, advance=1, gen=generation + 1, last=last)
+
+    def generation(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Append ``record`` to ``history.jsonl``, redraw ``fitness.png``, show the best so far."""
+        append_jsonl(self.out / "history.jsonl", record)
+        plot_history(history, self.baselines, self.out / "fitness.png")
+        self.bar.update(self.job, best=_fmt(record["best_so_far"]))

@@ -1,0 +1,134 @@
+"""The run's final outputs: ``best_genome.yaml``, ``recipe.yaml``, ``health.json``, ``constraints.json``
+and ``child/`` (an HF folder with a model card and ``lineage.json``).
+
+``recipe.yaml`` is a genome recipe (:mod:`darwin.genome.recipe`): ``darwin merge OUT/recipe.yaml``
+and ``darwin.merge("OUT/recipe.yaml")`` rebuild the child bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from darwin.genome.spec import genome_ref
+from darwin.io.writer import atomic_output_dir
+from darwin.plan.execute import execute
+from darwin.plan.plan import MergePlan
+from darwin.plan.run import write_card, write_child
+from darwin.search.constraints import constraint_card, verify_child
+from darwin.search.context import RunContext
+from darwin.search.evaluator import Evaluator
+from darwin.search.runfolder import write_json_atomic, write_text_atomic
+
+CHILD_SHARD_BYTES = 5 * 10**9
+
+
+@dataclass(frozen=True)
+class ChildOutputs:
+    """Where the child went and what was checked of it.
+
+    Attributes:
+        child_dir: ``OUT/child``.
+        constraints: the report of :func:`darwin.search.constraints.verify_child` when the run has
+            constraints (also in ``OUT/constraints.json``), else None.
+    """
+
+    child_dir: Path
+    constraints: dict[str, Any] | None
+
+
+def read_lineage(folder: Path) -> dict[str, Any]:
+    """A parent's lineage (its ``lineage.json`` if darwin made it, else just its reference)."""
+    p = Path(folder) / "lineage.json"
+    if p.exists():
+        return json.loads(p.read_text())
+    return {"model": str(folder)}
+
+
+def write_genome_files(ctx: RunContext, best: dict[str, Any]) -> MergePlan:
+    """Write ``best_genome.yaml`` and ``recipe.yaml``; returns the best candidate's plan."""
+    values = best["genes"]
+    write_text_atomic(ctx.out / "best_genome.yaml", yaml.safe_dump(
+        {"genome": ctx.spec.name, "fitness": best["fitness"], "components": best["components"],
+         "generation": best["generation"], "values": values}, sort_keys=False))
+    plan = ctx.plan_of(values)
+    b = ctx.breeder
+    recipe = {"genome": genome_ref(ctx.spec), "parents": b.parents, "base": b.base, "values": values,
+              "mri": ctx.r_mri, "dtype": ctx.cfg.dtype, "seed": ctx.seed,
+              **{k: plan.recipe[k] for k in ("prior", "max_params") if k in plan.recipe}}
+    write_text_atomic(ctx.out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+    return plan
+
+
+def child_health(ctx: RunContext, evaluator: Evaluator, plan: MergePlan) -> dict[str, Any]:
+    """Health check of the child (merged into the resident model) against both parents (loaded from disk)."""
+    from transformers import AutoModelForCausalLM
+
+    from darwin.arch.mapper import num_layers
+    from darwin.diagnosis.health import health_check
+    from darwin.diagnosis.probe import load_probes
+
+    evaluator.close()  # Ray workers release their parents before the driver loads its own
+    resident = evaluator.resident()
+    resident.load_plan(plan)
+    if resident.tokenizer is None:  # tokenizer-free parents: no probe prompts to compare on
+        return {"layers": [], "finite": all(bool(torch.isfinite(p).all()) for p in resident.model.parameters()),
+                "flags": ["no tokenizer: layer-by-layer comparison skipped"], "threshold": None}
+    dev, b = resident.device, ctx.breeder
+    pa = AutoModelForCausalLM.from_pretrained(ctx.checkpoints[b.a].path, dtype=resident.dtype).to(dev).eval()
+    pb = AutoModelForCausalLM.from_pretrained(ctx.checkpoints[b.b].path, dtype=resident.dtype).to(dev).eval()
+    prompts = [p for ps in load_probes(tuple(ctx.cfg.mri.probes)).values() for p in ps[:3]]
+    return health_check(resident.model, pa, pb, resident.tokenizer, prompts, num_layers(plan.config),
+                        **b.health_map(plan))
+
+
+def card_sections(ctx: RunContext, best: dict[str, Any], baselines: dict[str, Any], health: dict[str, Any]
+                  ) -> tuple[list[str], dict[str, Any]]:
+    """Model-card sections (fitness table, health, lineage) and the child's lineage."""
+    lineage = {"model": "child", "method": f"darwin evolve ({ctx.spec.name})", "fitness": best["fitness"],
+               "genes": best["genes"],
+               "parents": [read_lineage(ctx.checkpoints[r].path) for r in ctx.breeder.models]}
+    rows = [f"| {k} | {v['fitness']:.5g} |" if v["fitness"] is not None else f"| {k} | failed |"
+            for k, v in baselines.items()]
+    table = "\n".join(["## Fitness", "", "| model | fitness |", "|---|---|", *rows,
+                       f"| **evolved child** | **{best['fitness']:.5g}** |"])
+    flags = health["flags"] or ["none"]
+    sections = [table,
+                "## Health check\n\n" + f"finite: {health['finite']}; flags: " + "; ".join(flags),
+                "## Lineage\n\n```json\n" + json.dumps(lineage, indent=1) + "\n```"]
+    return sections, lineage
+
+
+def write_child_folder(ctx: RunContext, plan: MergePlan, sections: list[str], lineage: dict[str, Any]
+                       ) -> ChildOutputs:
+    """Merge ``plan`` from disk into ``OUT/child`` (atomically); with constraints, check the saved files
+    first (:func:`darwin.search.constraints.verify_child`) and add the size section to the card.
+
+    Raises:
+        DarwinError: the saved child violates a constraint (it is not put in place).
+    """
+    c, report = ctx.cfg.search.constraints, None
+    with atomic_output_dir(ctx.out / "child", force=True) as tmp:
+        write_child(plan, execute(plan, ctx.checkpoints, device=ctx.cfg.device), tmp, ctx.checkpoints,
+                    max_shard_bytes=CHILD_SHARD_BYTES, card_sections=sections)
+        if c.max_params is not None or c.min_context is not None:
+            report = verify_child(Path(tmp), c, ctx.cfg)
+            write_json_atomic(ctx.out / "constraints.json", report)
+            write_card(plan, Path(tmp), [constraint_card(report, ctx.checkpoints[ctx.breeder.a].path), *sections])
+        (Path(tmp) / "lineage.json").write_text(json.dumps(lineage, indent=1))
+    return ChildOutputs(ctx.out / "child", report)
+
+
+def write_outputs(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any], baselines: dict[str, Any]
+                  ) -> ChildOutputs:
+    """Everything a finished run writes besides its history (see module doc)."""
+    plan = write_genome_files(ctx, best)
+    health = child_health(ctx, evaluator, plan)
+    write_json_atomic(ctx.out / "health.json", health)
+    sections, lineage = card_sections(ctx, best, baselines, health)
+    return write_child_folder(ctx, plan, sections, lineage)

@@ -1,0 +1,125 @@
+"""The run folder's files: ``run.json``, ``history.jsonl``, cached artefacts, atomic writes.
+
+Nothing here knows about genomes or CMA-ES: records are plain JSON data. Every file is written
+atomically (a temporary file renamed into place) or appended and fsynced line by line, so a run
+killed at any moment leaves a folder that ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from darwin.errors import DarwinError, OutputExistsError, RecipeError
+from darwin.io.writer import check_output_dir
+from darwin.search.config import ParentsConfig
+
+#: search settings that say where candidates are scored, not what is searched (not part of the run's identity)
+PLACEMENT_KEYS = ("workers", "address")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any, indent: int = 2) -> None:
+    """:func:`write_text_atomic` of ``json.dumps(data)``."""
+    write_text_atomic(path, json.dumps(data, indent=indent))
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it (a kill leaves at most a torn last line)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Records of ``history.jsonl``; a torn last line (killed mid-write) is dropped.
+
+    Raises:
+        DarwinError: a line other than the last is not JSON.
+    """
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise DarwinError(f"{path}: line {i + 1} is corrupt") from None
+    return out
+
+
+def load_history(path: Path) -> list[dict[str, Any]]:
+    """:func:`read_history`, rewriting the file without a torn last line if it has one."""
+    history = read_history(path)
+    if history and path.read_text().count("\n") != len(history):
+        write_text_atomic(path, "".join(json.dumps(h) + "\n" for h in history))
+    return history
+
+
+def cached_json(path: Path, compute: Callable[[], Any], indent: int = 1) -> Any:
+    """The JSON in ``path`` if it exists, else ``compute()`` written there atomically."""
+    if path.exists():
+        return json.loads(path.read_text())
+    data = compute()
+    write_json_atomic(path, data, indent)
+    return data
+
+
+def config_snapshot(cfg: ParentsConfig) -> dict[str, Any]:
+    """The configuration a resumed run must match (where candidates are scored does not count)."""
+    snap = json.loads(cfg.model_dump_json())
+    for key in PLACEMENT_KEYS:
+        snap["search"].pop(key, None)
+    return snap
+
+
+def _check_resumable(out: Path, snapshot: dict[str, Any]) -> None:
+    run_file = out / "run.json"
+    if not run_file.exists():
+        raise DarwinError(f"{out}: nothing to resume (no run.json)")
+    old = json.loads(run_file.read_text())
+    for key in PLACEMENT_KEYS:
+        old.get("search", {}).pop(key, None)
+    if old != snapshot:
+        keys = sorted(k for k in set(old) | set(snapshot) if old.get(k) != snapshot.get(k))
+        raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with "
+                          f"(keys {keys}); resume needs the same parents.yaml")
+
+
+def prepare_run_folder(out: Path, cfg: ParentsConfig, *, resume: bool, force: bool) -> None:
+    """Create ``out`` with ``run.json`` (new run), or check it holds this configuration (resume).
+
+    Raises:
+        DarwinError: both or neither-but-needed of resume/force; nothing to resume.
+        OutputExistsError: ``out`` is a file, or holds a run and neither flag is given.
+        RecipeError: resuming with another configuration (naming the keys that differ).
+    """
+    snapshot = config_snapshot(cfg)
+    if resume and force:
+        raise DarwinError("choose one of --resume (continue the run) and --force (start it again)")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: is a file, not a run folder")
+    if resume:
+        _check_resumable(out, snapshot)
+        return
+    check_output_dir(out, force=True)  # refuses a path under a file
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{out}: run folder exists; pass --resume to continue it or --force to restart")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "run.json", snapshot)
