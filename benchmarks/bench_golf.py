@@ -62,13 +62,13 @@ def main() -> None:
                          "code, Python-docs topics except the held-out ones)")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "golf")
     args = ap.parse_args()
+    from data import write_splits
     from transformers.utils import logging as hf_logging
 
     import darwin
     from darwin.io.checkpoint import Checkpoint
     from darwin.search.config import parse_count
     from darwin.zoo import build as zoo_build
-    from data import write_splits
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -86,36 +86,34 @@ def main() -> None:
     budget = parse_count(args.max_params, "max_params")
     args.work.mkdir(parents=True, exist_ok=True)
     tag = args.parents + ("-trim" if args.trim else "")
+    corpus = None
     if args.trim:
         from pydoc_data.topics import topics
-
-        from darwin.plan.trim import trim_vocab
 
         held = {"assignment", "for", "if", "while", "with",  # the held-out prose (data.py)
                 "try", "class", "function", "import", "return"}  # the search prose
         docs = args.work / "pydoc_train.txt"
         docs.write_text("\n\n".join(v for k, v in sorted(topics.items()) if k not in held))
         corpus = [str(data / "train_kjv.txt"), str(data / "train_code.txt"), str(docs)]
-        parents = [str(trim_vocab(p, corpus, args.work / f"trimmed-{i}", force=True).out_dir)
-                   for i, p in enumerate(parents)]
     # search split: one 1024-token window each of KJV (Ruth 1-2), code (zipimport.py) and prose (Python-docs
     # topics that are neither held out nor ... used elsewhere), equally weighted
     prose = args.work / "search_prose.txt"
     from pydoc_data.topics import topics
 
     prose.write_text("\n\n".join(topics[k] for k in ("try", "class", "function", "import", "return")))
-    cfg = {"parents": parents, "genome": "golf", "mri": {"enabled": True},
-           "fitness": [{"bits_per_byte": {"files": [str(f)], "max_tokens": 1024, "window": 1024, "batch_size": 1}}
-                       for f in (data / "search_kjv.txt", data / "search_code.txt", prose)],
-           "search": {"population": args.population, "generations": args.generations, "seed": 0,
-                      "constraints": {"max_params": budget, "min_context": 1028}},
-           "device": "cpu"}
+    fitness = [{"bits_per_byte": {"files": [str(f)], "max_tokens": 1024, "window": 1024, "batch_size": 1}}
+               for f in (data / "search_kjv.txt", data / "search_code.txt", prose)]
     t0 = time.perf_counter()
-    run = darwin.evolve(cfg, args.work / f"run-{tag}", force=True, progress=sys.stderr.isatty())
+    # darwin.golf trims the parents (with --trim) into run-<tag>-trimmed-<i> and evolves the golf genome
+    run = darwin.golf(parents, args.work / f"run-{tag}", max_params=budget, min_context=1028, fitness=fitness,
+                      population=args.population, generations=args.generations, seed=0, trim_corpus=corpus,
+                      device="cpu", force=True, progress=sys.stderr.isatty())
     search_s = time.perf_counter() - t0
+    parents = json.loads((run.out_dir / "run.json").read_text())["parents"]  # the trimmed ones with --trim
+
+    import torch
 
     from darwin.genome.golf import GolfBreeder
-    import torch
 
     ck = {p: Checkpoint(p) for p in parents}
     br = GolfBreeder(ck, parents[:1], budget, torch.float32)
@@ -135,7 +133,7 @@ def main() -> None:
                "evaluations": sum(len(h["candidates"]) for h in run.history), "best_fitness": run.best["fitness"],
                "baselines": {k: v["fitness"] for k, v in run.baselines.items()},
                "mri_trust": best_genes["mri_trust"], "collapse": best_genes["collapse"],
-               "constraints": json.loads((run.out_dir / "constraints.json").read_text()), "models": res}
+               "constraints": run.constraints, "models": res}
     (args.work / f"summary-{tag}.json").write_text(json.dumps(summary, indent=2))
     add_card_table(Path(run.child_dir), res)
     print(json.dumps(summary, indent=2))

@@ -44,12 +44,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "search")
     args = ap.parse_args()
     sys.path.insert(0, str(EXAMPLE))
+    from build_parents import build_parents
+    from data import write_splits
     from transformers.utils import logging as hf_logging
 
     import darwin
-    from build_parents import build_parents
     from darwin.zoo import build as zoo_build
-    from data import write_splits
 
     hf_logging.disable_progress_bar()
     cache = REPO / ".cache"

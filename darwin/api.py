@@ -8,6 +8,7 @@ checked options down to :mod:`darwin.search`, :mod:`darwin.plan` and :mod:`darwi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,10 @@ def evolve(config: Any, out_dir: str | os.PathLike, *, resume: bool = False, for
     return run_evolve(config, out_dir, opts, fitness)
 
 
-def golf(models: str | os.PathLike | list[str | os.PathLike], out_dir: str | os.PathLike, *,
-         max_params: int | str = "100M", min_context: int = 1028, text: list[str | os.PathLike] | None = None,
-         population: int = 8, generations: int = 6, seed: int = 0,
-         trim_corpus: list[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
+def golf(models: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+         max_params: int | str = "100M", min_context: int = 1028, text: Sequence[str | os.PathLike] | None = None,
+         fitness: list[dict[str, Any]] | None = None, population: int = 8, generations: int = 6, seed: int = 0,
+         trim_corpus: Sequence[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
          force: bool = False, progress: bool = True) -> Any:
     """Cut one model (or two of one family) to a parameter budget without training (``darwin golf``).
 
@@ -101,6 +102,7 @@ def golf(models: str | os.PathLike | list[str | os.PathLike], out_dir: str | os.
         max_params: budget (tied embeddings counted once): ``100M``, ``99_500_000`` …
         min_context: minimum context window, checked on the saved child.
         text: files or folders of the bits-per-byte fitness (default: the shipped probe prompts).
+        fitness: ``fitness:`` entries (``parents.yaml`` schema) replacing that fitness.
         population, generations, seed: CMA-ES budget and seed.
         trim_corpus: width operator (off by default): first keep only the tokens these texts use,
             into ``<out_dir>-trimmed-<i>``.
@@ -119,7 +121,7 @@ def golf(models: str | os.PathLike | list[str | os.PathLike], out_dir: str | os.
 
     names = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     fields = {"models": [str(m) for m in names], "max_params": max_params, "min_context": min_context,
-              "text": [str(t) for t in text] if text else None, "population": population,
+              "text": [str(t) for t in text] if text else None, "fitness": fitness, "population": population,
               "generations": generations, "seed": seed, "device": device,
               "trim_corpus": [str(c) for c in trim_corpus] if trim_corpus else None}
     try:

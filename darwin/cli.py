@@ -37,7 +37,7 @@ def _gib(n: int) -> str:
 
 def print_report(plan: MergePlan, *, verbose: bool = False) -> None:
     """Print the pre-flight checks and the per-tensor action report (summary unless verbose)."""
-    legend = "  ".join(f"[bold]{l}[/]={m}" for m, l in plan.labels.items())
+    legend = "  ".join(f"[bold]{letter}[/]={m}" for m, letter in plan.labels.items())
     out.print(f"parents: {legend}", highlight=False)
     checks = Table(title="pre-flight checks", show_edge=False)
     for col in ("check", "ok", "values"):
@@ -84,7 +84,7 @@ def merge(
         res = run_merge(recipe, output, force=force, device=device,
                         max_shard_size=max_shard_size, seed=seed, dry_run=dry_run, progress=sys.stderr.isatty())
     except CompatibilityError as e:
-        if getattr(e, "plan", None) is not None:
+        if e.plan is not None:
             print_report(e.plan, verbose=verbose)
         _fail(e)
     except DarwinError as e:
@@ -107,7 +107,8 @@ def evolve(
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
     force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors scoring candidates in parallel "
-                                          "(overrides search.workers; needs the ray extra: pip install 'darwin-merge\\[ray]')."),
+                                          "(overrides search.workers; needs the ray extra: "
+                                          "pip install 'darwin-merge\\[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, "
                                           "ray://head:10001); default: a local Ray instance when workers > 1."),
 ) -> None:
@@ -140,7 +141,8 @@ def _print_run(res) -> None:
         t.add_row(name, "failed" if rec["fitness"] is None else f"{rec['fitness']:.5g}")
     t.add_row("[bold]evolved child[/]", f"[bold]{res.best['fitness']:.5g}[/]")
     out.print(t)
-    beaten_by = [n for n, rec in res.baselines.items() if rec["fitness"] is not None and rec["fitness"] >= res.best["fitness"]]
+    beaten_by = [n for n, rec in res.baselines.items()
+                 if rec["fitness"] is not None and rec["fitness"] >= res.best["fitness"]]
     if beaten_by:
         out.print(f"[yellow]note:[/] the evolved child does not beat {', '.join(beaten_by)} on the search fitness; "
                   "try a larger budget (search.generations) or another genome", highlight=False)
@@ -157,7 +159,8 @@ def _print_run(res) -> None:
 def golf(
     models: list[str] = typer.Argument(..., help="One parent, or two of one family (folders or hub ids)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder (the child is OUTPUT/child)."),
-    max_params: str = typer.Option("100M", "--max-params", help="Parameter budget (tied embeddings once): 100M, 99_500_000…"),
+    max_params: str = typer.Option("100M", "--max-params",
+                                   help="Parameter budget (tied embeddings once): 100M, 99_500_000…"),
     min_context: int = typer.Option(1028, "--min-context", help="Minimum context window, checked on the saved child."),
     text: Optional[list[Path]] = typer.Option(None, "--text", help="Text files or folders for the bits-per-byte fitness "
                                               "(default: the MRI probe prompts)."),

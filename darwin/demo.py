@@ -26,6 +26,7 @@ def build_tokenizer(vocab_size: int = VOCAB):
         ``<|endoftext|>`` (id 0) and pad ``<|pad|>`` (id 1).
     """
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -6,6 +6,8 @@ traceback. The CLI turns them into a one-line message and a non-zero exit status
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DarwinError(Exception):
     """Base class of every error darwin raises on bad input."""
@@ -21,6 +23,10 @@ class RecipeError(DarwinError):
 
 class CompatibilityError(DarwinError):
     """Parents cannot be merged as asked (shape, vocabulary, layer-count or tokenizer mismatch)."""
+
+    #: the plan built so far (a :class:`darwin.plan.plan.MergePlan`), attached by the planner so the
+    #: CLI can print its report; typed ``Any`` because errors sit below every other module
+    plan: Any = None
 
 
 class OutputExistsError(DarwinError):

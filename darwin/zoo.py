@@ -98,9 +98,9 @@ def build(name: str, out_dir: str | os.PathLike, *, force: bool = False, install
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=entry.gguf, dtype=torch.float32)
     # the weights are plain float tensors after dequantisation; transformers refuses to save a
     # gguf-loaded model until the quantizer flags are cleared
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.quantization_method = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # stubs: nn.Module.__setattr__ takes only Tensor | Module
+    model.is_quantized = False  # type: ignore[assignment]  # (same)
+    model.quantization_method = None  # type: ignore[assignment]  # (same)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_output_dir(out, force=True) as tmp:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_families import load_tensors, make_model, save
 from transformers import AutoModelForCausalLM
 
 import darwin
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.io.checkpoint import Checkpoint
-from tiny_families import load_tensors, make_model, save
 
 VOCAB = 384  # the demo tokenizer's
 SSM = dict(num_hidden_layers=4, tie_word_embeddings=False, vocab_size=VOCAB)
@@ -243,4 +243,5 @@ def test_ffn_transplant_genome_between_families(pair, tmp_path, tokenizer):
                        b[f"model.layers.{i}.feed_forward.up_proj.weight"])
         want = ga if r < 0.15 else gb if r > 0.85 else (1 - r) * ga + r * gb
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-        assert torch.equal(child[f"model.layers.{i}.self_attn.q_proj.weight"], a[f"model.layers.{i}.self_attn.q_proj.weight"])
+        q = f"model.layers.{i}.self_attn.q_proj.weight"
+        assert torch.equal(child[q], a[q])

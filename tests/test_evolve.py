@@ -6,18 +6,19 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import FITNESS_FILE
+from helpers import evolve_cfg as _cfg
 from safetensors.torch import load_file
 
 import darwin
 from darwin.errors import OutputExistsError, RecipeError
-from darwin.search.runfolder import read_history
 from darwin.genome.spec import builtin_dir
-from helpers import FITNESS_FILE, evolve_cfg as _cfg
+from darwin.search.runfolder import read_history
+
 
 @pytest.fixture()
 def target_env(demo, monkeypatch):
@@ -86,8 +87,8 @@ def test_failing_fitness_scores_worst_and_run_continues(demo, tmp_path, caplog):
 
 def test_evolve_cli_outputs_and_recipe_replays_bit_for_bit(demo, tmp_path):
     """MRI on, perplexity fitness: child, card, lineage, health, plots; darwin merge recipe.yaml = child."""
-    from typer.testing import CliRunner
     from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
 
     from darwin.cli import app
 
@@ -181,7 +182,7 @@ def test_bad_fitness_leaves_no_run_folder(demo, tmp_path):
 
 
 def test_api_functions_survive_submodule_imports(demo, tmp_path):
-    import darwin.diagnosis.run  # noqa: F401  (would rebind darwin.mri to the package)
+    import darwin.diagnosis.run
 
     assert callable(darwin.mri) and callable(darwin.evolve) and callable(darwin.merge)
     doc, scans = darwin.mri(str(demo["parent_a"]), None, probes=False)

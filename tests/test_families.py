@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import tiny_families as tf
+import torch
 
 import darwin
 from darwin.arch.mapper import _TIED_DEFAULT, ArchMap, is_tied, num_layers

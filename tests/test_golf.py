@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_families import build_parents, load_tensors, read_config
 from transformers import AutoModelForCausalLM
 
 import darwin
@@ -16,7 +17,6 @@ from darwin.errors import DarwinError
 from darwin.genome.golf import GolfBreeder, rank_prior
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.depth import choose_depth
-from tiny_families import build_parents, load_tensors, read_config
 
 FITNESS_FILE = Path(__file__).parent / "data" / "fitness_fns.py"
 

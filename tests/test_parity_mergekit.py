@@ -28,7 +28,7 @@ import torch
 
 pytest.importorskip("mergekit.scripts.run_yaml", reason="mergekit not installed")
 
-from safetensors.torch import load_file  # noqa: E402
+from safetensors.torch import load_file
 
 ATOL = 1e-5
 

@@ -14,7 +14,8 @@ from darwin.search.runfolder import read_history
 
 pytest.importorskip("ray")
 
-from helpers import FITNESS_FILE, evolve_cfg as _cfg  # noqa: E402
+from helpers import FITNESS_FILE
+from helpers import evolve_cfg as _cfg
 
 
 def _same_history(a: list[dict], b: list[dict]) -> None:

@@ -59,8 +59,8 @@ def test_parents_differ_from_base(real):
 
 
 def test_real_mri_and_evolve(real):
-    from typer.testing import CliRunner
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from typer.testing import CliRunner
 
     import darwin
     from darwin.cli import app

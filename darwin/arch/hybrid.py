@@ -76,9 +76,10 @@ class FamilyLayout:
         return ["attn" if i in attn else "ssm" for i in range(num_layers)]
 
 
-_LLAMA_LIKE = dict(kind="transformer", layer="model.layers.{i}.", attn="self_attn.", ssm=None,
-                   mixer_norm="input_layernorm.weight", ffn="mlp.", ffn_norm="post_attention_layernorm.weight",
-                   embed="model.embed_tokens.weight", final_norm="model.norm.weight")
+_LLAMA_LIKE: dict[str, Any] = dict(kind="transformer", layer="model.layers.{i}.", attn="self_attn.", ssm=None,
+                                   mixer_norm="input_layernorm.weight", ffn="mlp.",
+                                   ffn_norm="post_attention_layernorm.weight",
+                                   embed="model.embed_tokens.weight", final_norm="model.norm.weight")
 
 LAYOUTS: dict[str, FamilyLayout] = {
     "llama": FamilyLayout("llama", **_LLAMA_LIKE),
@@ -131,6 +132,7 @@ def layout_of(config: dict[str, Any], role: str) -> FamilyLayout:
         fams = sorted(m for m, lo in LAYOUTS.items()
                       if role == "any" or getattr(lo, "attn" if role == "transformer" else "ssm") is not None)
         raise KeyError(f"model_type {mt!r} has no cross-family mapping as the {role} parent (supported: {fams})")
+    assert lay is not None  # ok implies a layout was found
     return lay
 
 

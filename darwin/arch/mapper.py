@@ -67,6 +67,7 @@ def classify(name: str) -> TensorRole:
     ``backbone.layers.0.mixer.A_log`` → ssm; ``model.layers.0.input_layernorm.weight`` → norm;
     ``model.norm.weight`` → norm, no layer; ``lm_head.weight`` → head.
     """
+    comp: Component
     m = _LAYER.match(name)
     if m:
         rest = m.group("rest")
@@ -130,7 +131,7 @@ class ArchMap:
     head_name: str
 
     @classmethod
-    def build(cls, config: dict[str, Any], tensor_names: list[str]) -> "ArchMap":
+    def build(cls, config: dict[str, Any], tensor_names: list[str]) -> ArchMap:
         """Map a checkpoint from its config dict and tensor names (no weights are read)."""
         roles = {n: classify(n) for n in tensor_names}
         layers = num_layers(config)

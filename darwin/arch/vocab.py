@@ -50,7 +50,7 @@ def bpe_closure(vocab: dict[str, int], merges: list[Any], keep: set[str]) -> set
 def _remap_ids(node: Any, new_id: dict[int, int]) -> Any:
     """Rewrite ``"id"``/``"ids"`` integers in a post-processor's ``special_tokens`` mapping."""
     if isinstance(node, dict):
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in node.items():
             if k in ("sep", "cls") and isinstance(v, list) and len(v) == 2 and isinstance(v[1], int):
                 out[k] = [v[0], new_id[v[1]]]  # RobertaProcessing / BertProcessing
@@ -98,8 +98,12 @@ def trim_bpe_tokenizer(tj: dict[str, Any], keep_ids: set[int]) -> tuple[dict[str
     new_id = {old: k for k, old in enumerate(kept_old)}
     new = copy.deepcopy(tj)
     new["model"]["vocab"] = {t: new_id[i] for t, i in vocab.items() if t in keep}
-    new["model"]["merges"] = [m for m in model.get("merges", [])
-                              if (lambda a, b: a in keep and b in keep and a + b in keep)(*_merge_pair(m))]
+
+    def _survives(pair: tuple[str, str]) -> bool:
+        a, b = pair
+        return a in keep and b in keep and a + b in keep
+
+    new["model"]["merges"] = [m for m in model.get("merges", []) if _survives(_merge_pair(m))]
     for a in new.get("added_tokens", []):
         a["id"] = new_id[a["id"]]
     if new.get("post_processor") is not None:

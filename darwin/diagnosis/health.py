@@ -42,9 +42,11 @@ def health_check(child, parent_a, parent_b, tokenizer, prompts: list[str], num_l
     states = {k: layer_states(m, tokenizer, prompts, n, max_length)
               for k, m, n in (("child", child, num_layers), ("a", parent_a, a_num_layers or num_layers),
                               ("b", parent_b, b_num_layers or num_layers))}
-    rows, flags, finite = [], [], True
+    rows: list[dict[str, Any]] = []
+    flags: list[str] = []
+    finite = True
     for i in range(num_layers):
-        sims = {"a": [], "b": []}
+        sims: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
         for p in range(len(prompts)):
             yc = states["child"][p][i][1]
             if not torch.isfinite(yc).all():

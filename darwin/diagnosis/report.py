@@ -21,8 +21,8 @@ from typing import Any
 
 from rich.table import Table
 
-from darwin.io.figures import agg_figure, save_png
 from darwin.diagnosis.scan import Scan
+from darwin.io.figures import agg_figure, save_png
 
 
 def mri_document(scans: dict[str, Scan], r_mri: dict[str, float] | None, w_static: float, w_probe: float

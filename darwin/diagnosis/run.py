@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from darwin.io.writer import atomic_output_dir
 from darwin.diagnosis.fuse import pair_ratios
 from darwin.diagnosis.probe import FAMILIES
 from darwin.diagnosis.report import heatmap, mri_document, write_json
 from darwin.diagnosis.scan import Scan, scan_model
+from darwin.io.writer import atomic_output_dir
 
 
 def pair_r_mri(a: Scan, b: Scan, w_static: float = 0.4, w_probe: float = 0.6) -> dict[str, float]:

@@ -8,10 +8,10 @@ from typing import Any
 from rich.progress import Progress
 
 from darwin.arch.mapper import ArchMap
-from darwin.io.checkpoint import Checkpoint
-from darwin.plan.execute import resolve_device
 from darwin.diagnosis.probe import FAMILIES, layer_importance, load_probes
 from darwin.diagnosis.static import tensor_stats
+from darwin.io.checkpoint import Checkpoint
+from darwin.plan.execute import resolve_device
 
 
 @dataclass
@@ -80,7 +80,8 @@ def scan_model(ref: str, *, probes: bool = True, families: tuple[str, ...] = FAM
         if model is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype="float32").to(dev).eval()
+            # transformers stubs type from_pretrained(...).to as a decorator wrapper (wants a model)
+            model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype="float32").to(dev).eval()  # type: ignore[arg-type]
             tokenizer = AutoTokenizer.from_pretrained(ckpt.path)
         probe = layer_importance(model, tokenizer, load_probes(families), amap.num_layers, max_length)
     ckpt.close()

@@ -17,6 +17,7 @@ import torch
 from darwin.errors import DarwinError
 from darwin.io.textfiles import collect_files
 
+
 class PerplexityFitness:
     """``−log(perplexity)`` of a model on fixed token windows of local text.
 

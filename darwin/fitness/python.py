@@ -26,6 +26,7 @@ def load_callable(spec: str) -> Callable[[Any, Any], float]:
             if not path.exists():
                 raise RecipeError(f"python fitness {spec!r}: {path} does not exist")
             s = importlib.util.spec_from_file_location(f"darwin_user_fitness_{path.stem}", path)
+            assert s is not None and s.loader is not None  # a .py path always gets a source-file spec and loader
             module = importlib.util.module_from_spec(s)
             s.loader.exec_module(module)
         else:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from darwin.errors import RecipeError
-from darwin.genome.decode import PAIR_BASELINES, PairLayout, check_values, decode, pair_layout
+from darwin.genome.decode import PairLayout, check_values, decode, pair_layout
 from darwin.genome.registry import Breeder, BreedRequest, Decoder, MriPrior, get_decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
@@ -90,6 +90,7 @@ class PairBreeder(NoLayerPrior):
             out[lay.a].add(s.a)
             out[lay.b].add(s.b)
             if lay.base:
+                assert s.base is not None  # pair_layout stores the base's name in every slot when there is a base
                 out[lay.base].add(s.base)
         return {r: sorted(v) for r, v in out.items()}
 

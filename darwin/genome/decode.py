@@ -30,7 +30,7 @@ from darwin.arch.config import child_config
 from darwin.arch.mapper import ArchMap, TensorRole
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.errors import CompatibilityError, RecipeError
-from darwin.genome.registry import BLEND_GENES, Decoder, get_decoder, register_decoder
+from darwin.genome.registry import Decoder, get_decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.kernels.seeds import tensor_seed
@@ -124,7 +124,9 @@ def pair_layout(checkpoints: Mapping[str, Checkpoint], a: str, b: str, base: str
             continue
         role = maps[a].roles.get(n) or next(maps[m].roles[n] for m in refs if n in maps[m].roles) \
             if any(n in maps[m].roles for m in refs) else TensorRole(n, "head", None, None, n)
-        slots.append(Slot(n, role, shapes[a], stored[a], stored[b], stored[base] if base else None))
+        shape_a, name_a, name_b = shapes[a], stored[a], stored[b]
+        assert shape_a is not None and name_a is not None and name_b is not None  # blend: every parent has it
+        slots.append(Slot(n, role, shape_a, name_a, name_b, stored[base] if base else None))
     checks = config_checks({m: checkpoints[m].config for m in refs}, {m: checkpoints[m].path for m in refs},
                            labels, same_depth=True, check_tokenizer=True)
     problems += [f"{c} differs: {d}" for c, ok, d in checks if not ok]
@@ -169,13 +171,12 @@ def layerwise_ratio(v: Mapping[str, float], role: TensorRole, num_layers: int, n
 
 DARWIN14 = register_decoder(Decoder(
     name="darwin14", ratio_rule=darwin14_ratio, mri_prior="tensor", takes_base=True,
-    genes=("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio", *(f"block_{i}_ratio" for i in range(6)),
-           *BLEND_GENES),
+    genes=("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio", *(f"block_{i}_ratio" for i in range(6))),
     baselines=PAIR_BASELINES,
     description="global, attention, FFN and embedding ratios times six depth-block ratios"))
 LAYERWISE = register_decoder(Decoder(
     name="layerwise", ratio_rule=layerwise_ratio, mri_prior="tensor", takes_base=True,
-    genes=("embed_ratio", "norm_ratio", *BLEND_GENES), per_layer_genes=("attn", "ffn"),
+    genes=("embed_ratio", "norm_ratio"), per_layer_genes=("attn", "ffn"),
     baselines=PAIR_BASELINES,
     description="one attention and one FFN ratio per layer"))
 
@@ -202,7 +203,7 @@ def check_values(spec: GenomeSpec, values: Mapping[str, float], num_layers: int)
     """
     dec = get_decoder(spec.decoder)
     genes = {g.name: g for g in spec.expand(num_layers)}
-    missing = [n for n in dec.genes if n not in genes]
+    missing = [n for n in dec.required_genes if n not in genes]
     per_layer = {g.name for g in spec.per_layer_genes}
     missing += [f"per_layer_genes.{n}" for n in dec.per_layer_genes if n not in per_layer]
     if missing:
@@ -246,7 +247,10 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
             tasks.append(copy_task(s.name, src, s.shape, s.role.component, s.role.layer))
             report.append(ReportRow(s.name, "transplant", f"r={r:.3f} → {'A' if src is a_src else 'B'}"))
             continue
-        base_src = Source(layout.base, s.base) if layout.base else None  # None: θ₀ = A (see blend.py)
+        base_src = None  # None: θ₀ = A (see blend.py)
+        if layout.base:
+            assert s.base is not None  # pair_layout stores the base's name in every slot when there is a base
+            base_src = Source(layout.base, s.base)
         tasks.append(TensorTask(out_name=s.name, shape=s.shape, method="darwin_blend", inputs=[a_src, b_src],
                                 base=base_src, shared={"t": r, "lambda": lam, "rescale": opt.rescale},
                                 parent={"density": list(dens)},

@@ -85,7 +85,7 @@ class GolfBreeder:
         self.out_dtype = out_dtype
         self.tied = self.amap.tied
         self.max_params = max_params
-        numel = lambda shape: int(torch.Size(shape).numel())  # noqa: E731
+        numel = lambda shape: int(torch.Size(shape).numel())
         self.layer_params = [sum(numel(self.shapes[r.name]) for r in self.amap.layer_tensors(i))
                              for i in range(self.num_layers)]
         self.fixed_params = sum(numel(s) for n, s in self.shapes.items() if self.amap.roles[n].layer is None)
@@ -197,5 +197,7 @@ def _keep_of(plan: MergePlan, amap: ArchMap) -> list[int]:
     out: dict[int, int] = {}
     for t in plan.tasks:
         if t.layer is not None and t.layer not in out:
-            out[t.layer] = amap.roles[t.inputs[0].tensor].layer
+            src_layer = amap.roles[t.inputs[0].tensor].layer
+            assert src_layer is not None  # a layer task's first input is a layer tensor of the parent
+            out[t.layer] = src_layer
     return [out[k] for k in sorted(out)]

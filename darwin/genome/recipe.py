@@ -20,10 +20,10 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from darwin.errors import RecipeError, describe_validation_error
-from darwin.io.yamlfile import load_yaml_mapping
 from darwin.genome.breeder import make_breeder, mri_prior
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
+from darwin.io.yamlfile import load_yaml_mapping
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
 
@@ -48,7 +48,7 @@ def is_genome_recipe(data: Any) -> bool:
     return isinstance(data, dict) and "genome" in data
 
 
-def load_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLike") -> GenomeRecipe:
+def load_genome_recipe(source: GenomeRecipe | dict[str, Any] | str | os.PathLike) -> GenomeRecipe:
     """Validate a genome recipe from a dict or YAML path.
 
     Raises:
@@ -69,7 +69,7 @@ def load_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLik
     return rec
 
 
-def plan_genome_recipe(source: "GenomeRecipe | dict[str, Any] | str | os.PathLike"
+def plan_genome_recipe(source: GenomeRecipe | dict[str, Any] | str | os.PathLike
                        ) -> tuple[MergePlan, dict[str, Checkpoint]]:
     """Open the parents and decode the genome into a merge plan (no weights read)."""
     rec = load_genome_recipe(source)

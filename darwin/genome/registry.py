@@ -122,7 +122,8 @@ class Decoder:
 
     Attributes:
         name: what a genome YAML's ``decoder:`` says.
-        genes: scalar genes the decoder reads.
+        genes: scalar genes the decoder reads (a ratio-rule decoder also reads :data:`BLEND_GENES`,
+            added by :attr:`required_genes`).
         per_layer_genes: per-layer genes (``layer_<i>_<name>``) the decoder reads.
         ratio_rule: same-family decoders: the per-tensor ratio rule (exclusive with ``breeder``).
         breeder: other decoders: builds the breeder from a :class:`BreedRequest`.
@@ -149,6 +150,12 @@ class Decoder:
     max_parents: int = 2
     takes_base: bool = False
     description: str = ""
+
+    @property
+    def required_genes(self) -> tuple[str, ...]:
+        """Every scalar gene a genome for this decoder must define."""
+        extra = tuple(g for g in BLEND_GENES if g not in self.genes) if self.ratio_rule is not None else ()
+        return self.genes + extra
 
     def __post_init__(self) -> None:
         if (self.ratio_rule is None) == (self.breeder is None):

@@ -110,7 +110,8 @@ def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
     """Load a built-in genome by name (``darwin14``) or a genome YAML by path.
 
     Raises:
-        RecipeError: unknown name, unreadable file, or invalid content (naming the key).
+        RecipeError: unknown name, unreadable file, invalid content (naming the key), or a decoder
+            that is neither registered nor importable as ``module:attribute``.
     """
     p = Path(name_or_path)
     if not p.exists():
@@ -121,9 +122,16 @@ def load_genome(name_or_path: str | os.PathLike) -> GenomeSpec:
         p = cand
     data = load_yaml_mapping(p, "genome")
     try:
-        return GenomeSpec.model_validate({**data, "source": str(p)})
+        spec = GenomeSpec.model_validate({**data, "source": str(p)})
     except ValidationError as e:
         raise describe_validation_error(str(p), "genome", e) from None
+    from darwin.genome.registry import get_decoder  # the registry loads the built-in decoders, which import this module
+
+    try:
+        get_decoder(spec.decoder)
+    except RecipeError as e:
+        raise RecipeError(f"{p}: {e}") from None
+    return spec
 
 
 def genome_ref(spec: GenomeSpec) -> str:

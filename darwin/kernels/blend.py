@@ -46,6 +46,7 @@ def darwin_blend(x: torch.Tensor, base: torch.Tensor | None, r: torch.Tensor, la
     if bool((lam >= 1).all()):
         return s
     if base is None:
+        assert seeds is not None  # darwin_blend is a random method: planned tasks always carry seeds
         a = x[:, 0]
         d = (x[:, 1] - a).reshape(x.shape[0], 1, -1)
         kept = random_drop(d, density[:, 1:2], [[s[1]] for s in seeds], rescale, inplace=True).reshape(a.shape)

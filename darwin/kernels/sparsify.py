@@ -178,5 +178,6 @@ def apply_rescale(delta: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor, r
     if rescale == "paper":
         return masked.div_(torch.clamp(prob.to(delta.dtype), min=_EPS))
     if rescale == "l1":
+        assert before is not None  # computed above when rescale == "l1"
         return _l1_match(before, masked)
     return masked

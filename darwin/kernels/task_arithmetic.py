@@ -71,6 +71,7 @@ def sparsify_deltas(delta: torch.Tensor, cfg: FamilyConfig, *, density: torch.Te
     if cfg.sparsify == "magnitude":
         return sp.apply_rescale(delta, sp.magnitude_mask(delta, density), density.unsqueeze(-1), rescale, inplace=True)
     if cfg.sparsify == "band":
+        assert gamma is not None  # the band methods declare gamma with a default
         return sp.apply_rescale(delta, sp.band_mask(delta, density, gamma), density.unsqueeze(-1), rescale,
                                 inplace=True)
     if seeds is None:
@@ -78,6 +79,7 @@ def sparsify_deltas(delta: torch.Tensor, cfg: FamilyConfig, *, density: torch.Te
     if cfg.sparsify == "random":
         return sp.random_drop(delta, density, seeds, rescale, inplace=True)
     if cfg.sparsify == "della":
+        assert epsilon is not None  # the DELLA methods declare epsilon with a default
         return sp.della_drop(delta, density, epsilon, seeds, rescale, row_len or delta.shape[-1])
     raise ValueError(f"unknown sparsification {cfg.sparsify!r}")
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from darwin.arch.config import child_config, dtype_name
-from darwin.arch.hybrid import FamilyLayout, LAYOUTS, hybrid_config, layout_of
-from darwin.arch.mapper import ArchMap, classify
+from darwin.arch.hybrid import LAYOUTS, FamilyLayout, hybrid_config, layout_of
+from darwin.arch.mapper import ArchMap, Component, classify
 from darwin.arch.preflight import tokenizer_fingerprint
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.io.checkpoint import Checkpoint
@@ -172,10 +172,11 @@ def _check_placed(lay: CrossLayout, ref: str, fl: FamilyLayout, folder) -> None:
 
 
 # ----------------------------------------------------------------------------- task builders
-def _pick(out: str, a: Source | None, b: Source | None, r: float, shape, component: str,
+def _pick(out: str, a: Source | None, b: Source | None, r: float, shape, component: Component,
           layer: int | None) -> TensorTask:
     """A's tensor (r ≤ 0 or no B), B's (r ≥ 1 or no A), else the linear blend."""
     if b is None or (a is not None and r <= 0.0):
+        assert a is not None  # callers give A, or at least one of A and B
         return copy_task(out, a, shape, component, layer)
     if a is None or r >= 1.0:
         return copy_task(out, b, shape, component, layer)
@@ -183,7 +184,7 @@ def _pick(out: str, a: Source | None, b: Source | None, r: float, shape, compone
 
 
 def _group_tasks(lay: CrossLayout, out_prefix: str, a_prefix: str | None, b_prefix: str | None, r: float,
-                 component: str, layer: int, problems: list[str]) -> list[TensorTask]:
+                 component: Component, layer: int, problems: list[str]) -> list[TensorTask]:
     """Tasks for a component present in A (required) and maybe in B (blended when shapes match)."""
     ga = lay.group(lay.a, a_prefix) if a_prefix else {}
     gb = lay.group(lay.b, b_prefix) if b_prefix else {}
@@ -193,7 +194,11 @@ def _group_tasks(lay: CrossLayout, out_prefix: str, a_prefix: str | None, b_pref
                         f"(A {sorted(ga.items())[:2]}…, B {sorted(gb.items())[:2]}…)")
         return []
     for suffix, shape in ga.items():
-        sb = Source(lay.b, b_prefix + suffix) if gb and r > 0 else None
+        assert a_prefix is not None  # ga is empty without a prefix
+        sb = None
+        if gb and r > 0:
+            assert b_prefix is not None  # gb is empty without a prefix
+            sb = Source(lay.b, b_prefix + suffix)
         tasks.append(_pick(out_prefix + suffix, Source(lay.a, a_prefix + suffix), sb, r, shape, component, layer))
     return tasks
 
@@ -203,8 +208,9 @@ def _shared_tasks(lay: CrossLayout, out_layout: FamilyLayout, embed_ratio: float
     """Embedding, final norm and (untied) head."""
     r = embed_ratio if embed_from == "A" else 1.0 - embed_ratio
     tasks = []
-    pairs = [(out_layout.embed, lay.la.embed, lay.lb.embed, "embed"),
-             (out_layout.final_norm, lay.la.final_norm, lay.lb.final_norm, "norm")]
+    pairs: list[tuple[str, str, str, Component]] = [
+        (out_layout.embed, lay.la.embed, lay.lb.embed, "embed"),
+        (out_layout.final_norm, lay.la.final_norm, lay.lb.final_norm, "norm")]
     if not lay.tied:
         # a tied parent provides its head from its embedding
         ha = lay.la.head if lay.la.head in lay.shapes[lay.a] else lay.la.embed
@@ -289,7 +295,9 @@ def crossover_plan(lay: CrossLayout, mixers: str | list[str], *, ffn_ratio: floa
             src, prefix, norm = lay.b, lb.prefix(j, kind), lb.norm(j, "mixer")
         kinds.append(kind)
         for suffix, shape in lay.group(src, prefix).items():
-            tasks.append(copy_task(out.prefix(i, kind) + suffix, Source(src, prefix + suffix), shape, kind, i))
+            # kind is attn or the SSM parent's mixer kind (FamilyLayout.mixers: attn / ssm)
+            tasks.append(copy_task(out.prefix(i, kind) + suffix, Source(src, prefix + suffix), shape,
+                                   cast(Component, kind), i))
         if norm not in lay.shapes[src]:
             problems.append(f"{src}: no {norm!r}")
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -64,7 +64,7 @@ def batches(tasks: list[TensorTask], batch_bytes: int = DEFAULT_BATCH_BYTES) -> 
     groups: dict[tuple, list[TensorTask]] = defaultdict(list)
     for t in tasks:
         groups[_static_key(t)].append(t)
-    out = []
+    out: list[list[TensorTask]] = []
     for group in groups.values():
         per = (len(group[0].inputs) + 3) * group[0].numel * 4
         cap = max(1, batch_bytes // max(per, 1))
@@ -91,7 +91,7 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
         ``[B, *S]`` float32 on ``device``.
     """
     spec = get_method(batch[0].method)
-    f32 = dict(dtype=torch.float32, device=device)
+    f32: dict[str, Any] = dict(dtype=torch.float32, device=device)
     shape = batch[0].shape
     # copy each input straight into its slot of the float32 batch: no per-tensor float32 copy, no stack
     x = torch.empty((len(batch), len(batch[0].inputs), *shape), **f32)
@@ -102,6 +102,7 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
     if batch[0].base is not None:
         base = torch.empty((len(batch), *shape), **f32)
         for b, t in enumerate(batch):
+            assert t.base is not None  # base presence is part of the batch key
             base[b].copy_(load(t.base.model, t.base.tensor))
     shared: dict[str, Any] = {}
     for k, v in batch[0].shared.items():
@@ -110,7 +111,8 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
     parent = {k: torch.tensor([t.parent[k] for t in batch], device=device,
                               dtype=torch.float64 if k in _COUNT_PARAMS else torch.float32)
               for k in batch[0].parent}
-    seeds = [t.seeds for t in batch] if batch[0].seeds is not None else None
+    # seeds are set by method (spec.random), and the method is part of the batch key: all or none have them
+    seeds = [cast("list[int]", t.seeds) for t in batch] if batch[0].seeds is not None else None
     return run_kernel(spec, x, base, shared, parent, seeds)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 
@@ -23,7 +23,7 @@ from darwin.io.checkpoint import Checkpoint
 from darwin.kernels.methods import MethodSpec, get_method, normalize_rescale
 from darwin.kernels.seeds import tensor_seed
 from darwin.plan import params as P
-from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask
+from darwin.plan.plan import MergePlan, ReportRow, Source, TaskAction, TensorTask
 from darwin.plan.recipe import InputSlice, OutputSlice, Recipe
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
@@ -33,6 +33,10 @@ _GLOBAL_ONLY = {"int8_mask"}
 _FRACTIONS = {"density", "gamma", "epsilon", "t"}
 
 
+@overload
+def parse_dtype(name: None, where: str = ...) -> None: ...
+@overload
+def parse_dtype(name: str, where: str = ...) -> torch.dtype: ...
 def parse_dtype(name: str | None, where: str = "dtype") -> torch.dtype | None:
     """``"bfloat16"`` → ``torch.bfloat16`` (None stays None).
 
@@ -91,6 +95,7 @@ def _check_param_names(recipe: Recipe, spec: MethodSpec) -> None:
 
 def _coerce(spec: MethodSpec, name: str, value: Any, where: str) -> Any:
     p = spec.param(name)
+    assert p is not None  # callers pass the names of spec's declared parameters
     try:
         if name == "rescale":
             return normalize_rescale(value) or "none"
@@ -159,9 +164,10 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
             t = i / (n - 1) if n > 1 else 1.0
             layers.append(_Layer(si, [(s.model, s.layer_range[0] + i) for s in sl.sources], t))
 
-    participants = list(dict.fromkeys(m for sl in slices for m in [s.model for s in sl.sources]
-                                      + ([sl.base_model or base_global] if spec.base != "unused" and
-                                         (sl.base_model or base_global) else [])))
+    # a slice's base is included only when set
+    participants = cast("list[str]", list(dict.fromkeys(m for sl in slices for m in [s.model for s in sl.sources]
+                                                        + ([sl.base_model or base_global] if spec.base != "unused" and
+                                                           (sl.base_model or base_global) else []))))
     out_tied = all(maps[m].tied for m in participants)
 
     tasks: list[TensorTask] = []
@@ -178,7 +184,8 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
             return
         base_src = None
         inputs: list[Source] = []
-        for m, n in entries:
+        # blend / transplant verdict: the inputs have the tensor (stored name set)
+        for m, n in cast("list[tuple[str, str]]", entries):
             if base_ref is not None and m == base_ref and base_src is None:
                 base_src = Source(m, n)
             else:
@@ -212,7 +219,8 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
         if spec.random:
             seeds = [tensor_seed(recipe.seed, out_name, i) for i in range(n_in)]
         shape = next(s for s in shapes.values() if s is not None)
-        task_action = "transplant" if n_in + (base_src is not None) == 1 or spec.name == "passthrough" else "blend"
+        task_action: TaskAction = ("transplant" if n_in + (base_src is not None) == 1 or spec.name == "passthrough"
+                                   else "blend")
         tasks.append(TensorTask(out_name=out_name, shape=shape, method=spec.name, inputs=inputs, base=base_src,
                                 shared=shared, parent=parent, seeds=seeds, component=role.component,
                                 layer=out_layer, action=task_action))

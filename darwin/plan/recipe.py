@@ -33,7 +33,7 @@ class Conditional(_Strict):
     """A parameter value applying to tensors whose name contains ``filter`` (all when omitted)."""
 
     filter: Optional[str] = None
-    value: "Setting"
+    value: Setting
 
 
 Setting = Union[Scalar, list[Scalar], list[Conditional], Conditional]
@@ -141,7 +141,7 @@ class Recipe(_Strict):
         return list(dict.fromkeys(refs))
 
 
-def load_recipe(recipe: "Recipe | dict[str, Any] | str | os.PathLike") -> Recipe:
+def load_recipe(recipe: Recipe | dict[str, Any] | str | os.PathLike) -> Recipe:
     """Load and validate a recipe from a YAML path, a YAML string, a dict or a Recipe.
 
     Relative model paths in a YAML file are resolved against the file's folder when they exist

@@ -80,6 +80,7 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
     writer.finish()
     (folder / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True))
     ref = checkpoints[plan.reference].path
+    assert plan.tokenizer_source is not None  # every plan builder names its tokenizer source
     tok = checkpoints[plan.tokenizer_source].path if plan.tokenizer_source in checkpoints \
         else Checkpoint(plan.tokenizer_source).path
     copy_tokenizer_files(tok, folder)
@@ -95,7 +96,8 @@ def write_card(plan: MergePlan, folder: Path, sections: list[str] | None = None)
                      num_parameters=plan.num_parameters, dtype=dtype_name(plan.out_dtype), extra_sections=sections)
 
 
-def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike | tuple[MergePlan, dict[str, Checkpoint]],
+          out_dir: str | os.PathLike | None = None, *,
           force: bool = False, device: str | torch.device | None = "auto",
           max_shard_size: str | int = "5GB", batch_bytes: int | None = None,
           seed: int | None = None, dry_run: bool = False, progress: bool = True) -> MergeResult:
@@ -124,6 +126,7 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os
     if not dry_run and out_dir is None:
         raise ValueError("out_dir is required unless dry_run=True")
     if not dry_run:
+        assert out_dir is not None  # refused above
         check_output_dir(out_dir, force=force)
     if isinstance(recipe, tuple):  # an already built (plan, checkpoints), e.g. a decoded genome recipe
         plan, ckpts = recipe
@@ -138,6 +141,7 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike, out_dir: str | os
     peak = peak_bytes_estimate(plan, batch_bytes) + min(shard_bytes, plan.output_bytes)
     if dry_run:
         return MergeResult(plan, None, peak)
+    assert out_dir is not None  # refused above unless dry_run
     with atomic_output_dir(out_dir, force=force) as tmp:
         with Progress(TextColumn("[bold]merging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       disable=not progress, transient=True) as bar:

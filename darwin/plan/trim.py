@@ -108,7 +108,7 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
     if bad:
         raise CompatibilityError(f"{ck.path}: tensors {bad} have vocabulary-sized rows but are not the embedding or "
                                  "head; trimming them is not supported")
-    numel = lambda n: int(torch.Size(ck.meta[n].shape).numel())  # noqa: E731
+    numel = lambda n: int(torch.Size(ck.meta[n].shape).numel())
     before = sum(numel(n) for n in ck.tensor_names)
     after = before - sum(numel(n) // vocab * (vocab - len(kept)) for n in vocab_tensors)
     config["vocab_size"] = len(kept)

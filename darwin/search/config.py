@@ -34,9 +34,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from darwin.diagnosis.probe import FAMILIES
 from darwin.errors import describe_validation_error
 from darwin.io.yamlfile import load_yaml_mapping
-from darwin.diagnosis.probe import FAMILIES
 
 
 class _Strict(BaseModel):
@@ -193,6 +193,7 @@ class SearchConfig(_Strict):
         """Generations: as given, else ``⌈max_evaluations / population⌉``."""
         if self.generations is not None:
             return self.generations
+        assert self.max_evaluations is not None  # _budget requires generations or max_evaluations
         return max(1, math.ceil(self.max_evaluations / self.popsize(n_genes)))
 
 
@@ -245,7 +246,7 @@ def _resolve(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return data
 
 
-def load_parents_config(source: "ParentsConfig | dict[str, Any] | str | os.PathLike") -> ParentsConfig:
+def load_parents_config(source: ParentsConfig | dict[str, Any] | str | os.PathLike) -> ParentsConfig:
     """Validate ``parents.yaml`` (path, dict or model).
 
     Raises:

@@ -28,8 +28,8 @@ from darwin.plan.plan import MergePlan
 
 def _window_text(cfg) -> str:
     """Text for the context check: the perplexity / bits-per-byte fitness files, else the probes."""
-    from darwin.io.textfiles import collect_files
     from darwin.diagnosis.probe import load_probes
+    from darwin.io.textfiles import collect_files
 
     files = [f for e in cfg.fitness for kind in ("perplexity", "bits_per_byte") if getattr(e, kind) is not None
              for f in getattr(e, kind).files]

@@ -28,6 +28,8 @@ class GolfRequest(BaseModel):
             style strings are accepted.
         min_context: the minimum context window, tokens (checked on the saved child).
         text: files or folders of the bits-per-byte fitness (None: the shipped MRI probe prompts).
+        fitness: ``fitness:`` entries of ``parents.yaml`` replacing the bits-per-byte fitness on
+            ``text`` (e.g. one equally weighted entry per domain).
         population, generations, seed: the CMA-ES budget and seed.
         trim_corpus: texts whose tokens are kept (the width operator; None: off).
         device: search device (``auto``, ``cpu``, ``cuda:N``).
@@ -38,6 +40,7 @@ class GolfRequest(BaseModel):
     max_params: int = 100_000_000
     min_context: int = 1028
     text: Optional[list[str]] = None
+    fitness: Optional[list[dict[str, Any]]] = None
     population: int = 8
     generations: int = 6
     seed: int = 0
@@ -58,8 +61,8 @@ def golf_config(req: GolfRequest, parents: list[str]) -> dict[str, Any]:
     from darwin.diagnosis.probe import shipped_probe_dir
 
     files = list(req.text) if req.text else [str(shipped_probe_dir())]
-    return {"parents": list(parents), "genome": "golf", "mri": {"enabled": True},
-            "fitness": [{"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}],
+    fitness = req.fitness or [{"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}]
+    return {"parents": list(parents), "genome": "golf", "mri": {"enabled": True}, "fitness": fitness,
             "search": {"population": req.population, "generations": req.generations, "seed": req.seed,
                        "constraints": {"max_params": req.max_params, "min_context": req.min_context}},
             "device": req.device}

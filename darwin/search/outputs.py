@@ -58,9 +58,9 @@ def write_genome_files(ctx: RunContext, best: dict[str, Any]) -> MergePlan:
          "generation": best["generation"], "values": values}, sort_keys=False))
     plan = ctx.plan_of(values)
     b = ctx.breeder
-    recipe = {"genome": genome_ref(ctx.spec), "parents": b.parents, "base": b.base, "values": values,
-              "mri": ctx.r_mri, "dtype": ctx.cfg.dtype, "seed": ctx.seed,
-              **{k: plan.recipe[k] for k in ("prior", "max_params") if k in plan.recipe}}
+    recipe: dict[str, Any] = {"genome": genome_ref(ctx.spec), "parents": b.parents, "base": b.base,
+                              "values": values, "mri": ctx.r_mri, "dtype": ctx.cfg.dtype, "seed": ctx.seed,
+                              **{k: plan.recipe[k] for k in ("prior", "max_params") if k in plan.recipe}}
     write_text_atomic(ctx.out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     return plan
 
@@ -80,11 +80,13 @@ def child_health(ctx: RunContext, evaluator: Evaluator, plan: MergePlan) -> dict
         return {"layers": [], "finite": all(bool(torch.isfinite(p).all()) for p in resident.model.parameters()),
                 "flags": ["no tokenizer: layer-by-layer comparison skipped"], "threshold": None}
     dev, b = resident.device, ctx.breeder
-    pa = AutoModelForCausalLM.from_pretrained(ctx.checkpoints[b.a].path, dtype=resident.dtype).to(dev).eval()
-    pb = AutoModelForCausalLM.from_pretrained(ctx.checkpoints[b.b].path, dtype=resident.dtype).to(dev).eval()
+    # transformers stubs type from_pretrained(...).to as a decorator wrapper (wants a model)
+    pa = AutoModelForCausalLM.from_pretrained(ctx.checkpoints[b.a].path, dtype=resident.dtype).to(dev).eval()  # type: ignore[arg-type]
+    pb = AutoModelForCausalLM.from_pretrained(ctx.checkpoints[b.b].path, dtype=resident.dtype).to(dev).eval()  # type: ignore[arg-type]
     prompts = [p for ps in load_probes(tuple(ctx.cfg.mri.probes)).values() for p in ps[:3]]
-    return health_check(resident.model, pa, pb, resident.tokenizer, prompts, num_layers(plan.config),
-                        **b.health_map(plan))
+    n_layers = num_layers(plan.config)
+    assert n_layers is not None  # the child of a layer-wise genome search has a layer count
+    return health_check(resident.model, pa, pb, resident.tokenizer, prompts, n_layers, **b.health_map(plan))
 
 
 def card_sections(ctx: RunContext, best: dict[str, Any], baselines: dict[str, Any], health: dict[str, Any]

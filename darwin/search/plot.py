@@ -8,7 +8,7 @@ from typing import Any
 from darwin.io.figures import agg_figure, save_png
 
 
-def plot_history(history: list[dict[str, Any]], baselines: dict[str, float], path: Path) -> Path:
+def plot_history(history: list[dict[str, Any]], baselines: dict[str, float | None], path: Path) -> Path:
     """Draw the fitness curve from ``history.jsonl`` records; returns ``path``."""
     gens, best, mean, so_far = [], [], [], []
     running = float("-inf")

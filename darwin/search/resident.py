@@ -36,7 +36,7 @@ def _instantiate(config: dict[str, Any], dtype: torch.dtype, device: str | torch
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # older transformers: initialise normally (slower, same result)
-        from contextlib import nullcontext as no_init_weights
+        from contextlib import nullcontext as no_init_weights  # type: ignore[assignment]  # fallback: another type
     from darwin.arch.config import decode_special_floats
 
     cfg = AutoConfig.for_model(**decode_special_floats(config))
@@ -98,7 +98,8 @@ class ResidentModel:
             # executor widens into its float32 batch anyway
             self.parents[ref] = {n: ck.get(n).to(self.device) for n in names}
         path = checkpoints[model_ref].path
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        # transformers stubs type from_pretrained(...).to as a decorator wrapper (wants a model)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()  # type: ignore[arg-type]
         # a checkpoint without tokenizer files can still be scored by tokenizer-free fitnesses
         has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
         self.tokenizer = AutoTokenizer.from_pretrained(path) if has_tok else None

@@ -22,8 +22,10 @@ def build_component(entry: FitnessEntry) -> Component:
         from darwin.fitness.lm_eval import LmEvalFitness
 
         e = entry.lm_eval
+        assert e is not None  # kind is the one entry that is set
         return Component("lm_eval:" + ",".join(e.tasks),
                          LmEvalFitness(e.tasks, e.include_path, e.limit, e.metric, e.batch_size), entry.weight)
+    assert entry.python is not None  # the remaining kind: the validator requires exactly one set
     return Component(f"python:{entry.python}", load_callable(entry.python), entry.weight)
 
 

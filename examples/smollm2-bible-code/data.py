@@ -51,7 +51,7 @@ def write_splits(out: Path) -> dict[str, Path]:
     paths = {k: out / f"{k}.txt" for k in ("train_kjv", "search_kjv", "heldout_kjv", "train_code",
                                            "search_code", "heldout_code", "heldout_prose")}
     verses = kjv_verses()
-    fmt = lambda vs: "\n".join(f"{v['citation']} {v['text']}" for v in vs) + "\n"  # noqa: E731
+    fmt = lambda vs: "\n".join(f"{v['citation']} {v['text']}" for v in vs) + "\n"
     paths["train_kjv"].write_text(fmt([v for v in verses if v["book"] != HOLDOUT_BOOK]))
     paths["search_kjv"].write_text(fmt([v for v in verses if v["book"] == HOLDOUT_BOOK and v["chapter"] <= 2]))
     paths["heldout_kjv"].write_text(fmt([v for v in verses if v["book"] == HOLDOUT_BOOK and v["chapter"] >= 3]))

@@ -147,7 +147,7 @@ def plot(rows: list[dict], path: Path) -> None:
               ("HumanEval bits per byte", [r["humaneval_bits_per_byte"] for r in rows])]
     fig = agg_figure(figsize=(4.2 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels), sharey=True)
-    for i, (ax, (title, vals)) in enumerate(zip(axes, panels)):
+    for ax, (title, vals) in zip(axes, panels):
         colors = ["C3" if n == "evolved child" else "C0" for n in names]
         ax.barh(names, vals, color=colors)
         lo, hi = min(vals), max(vals)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from build_parents import train_loop  # examples/smollm2-bible-code (run_demo.py puts it on sys.path)
 
 LAYERS, HEADS, HEAD_DIM, STATE = 4, 18, 64, 64  # 18 × 64 = 2 × 576 (expand 2)
