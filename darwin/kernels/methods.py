@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 
@@ -19,6 +19,11 @@ from darwin.kernels.linear import linear, passthrough
 from darwin.kernels.model_stock import model_stock
 from darwin.kernels.slerp import nuslerp, slerp
 from darwin.kernels.task_arithmetic import FAMILY, task_vector_merge
+
+#: ``shared``: one value per tensor; ``parent``: one value per tensor and non-base parent
+ParamScope = Literal["shared", "parent"]
+#: how a method uses the recipe's ``base_model``
+BaseUse = Literal["required", "optional", "unused"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class Param:
     """
 
     name: str
-    scope: str
+    scope: ParamScope
     kind: type
     default: Any = None
     required: bool = False
@@ -57,7 +62,7 @@ class MethodSpec:
 
     name: str
     params: tuple[Param, ...]
-    base: str
+    base: BaseUse
     min_parents: int = 1
     max_parents: int | None = None
     paper: str = ""

@@ -143,16 +143,22 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
         raise RecipeError(f"tokenizer_source {ts!r}: not a parent of this recipe and no such folder")
     maps = {ref: ArchMap.build(ck.config, ck.tensor_names) for ref, ck in checkpoints.items()}
     slices = _slices(recipe, maps)
-    model_params = {m.model: m.parameters for m in recipe.models or []}
-    base_global = recipe.base_model
-    if spec.base == "required" and not (base_global or all(s.base_model for s in slices)):
+    if spec.base == "required" and not (recipe.base_model or all(s.base_model for s in slices)):
         raise RecipeError(f"merge_method {spec.name!r} needs a base_model")
+    builder = _PlanBuilder(recipe, spec, checkpoints, maps, slices)
+    builder.non_layer(slices[0], "pre")
+    for j, lay in enumerate(builder.layers):
+        builder.layer(j, lay)
+    builder.non_layer(slices[-1], "post")
+    return builder.finish()
 
-    models = recipe.referenced_models()
-    reference = base_global or slices[0].sources[0].model
-    labels = {m: chr(ord("A") + i) for i, m in enumerate(models)}
 
-    # ---- child layers
+def _child_layers(slices: list[OutputSlice], maps: dict[str, ArchMap]) -> list[_Layer]:
+    """The child's layers, slice by slice, with their sources and gradient position ``t = i/(n−1)``.
+
+    Raises:
+        RecipeError: a slice's layer_range exceeds a source model's layers.
+    """
     layers: list[_Layer] = []
     for si, sl in enumerate(slices):
         n = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
@@ -163,39 +169,80 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
         for i in range(n):
             t = i / (n - 1) if n > 1 else 1.0
             layers.append(_Layer(si, [(s.model, s.layer_range[0] + i) for s in sl.sources], t))
+    return layers
 
-    # a slice's base is included only when set
-    participants = cast("list[str]", list(dict.fromkeys(m for sl in slices for m in [s.model for s in sl.sources]
-                                                        + ([sl.base_model or base_global] if spec.base != "unused" and
-                                                           (sl.base_model or base_global) else []))))
-    out_tied = all(maps[m].tied for m in participants)
 
-    tasks: list[TensorTask] = []
-    report: list[ReportRow] = []
+def _first_prefix(amap: ArchMap, default: str | None) -> str | None:
+    """The layer prefix (``model.layers``) of a model's mapped tensors, else ``default``."""
+    return next((r.prefix for r in amap.roles.values() if r.prefix), default)
 
-    def add(out_name: str, role: TensorRole, sl: OutputSlice, entries: list[tuple[str, str | None]],
+
+class _PlanBuilder:
+    """The state of one :func:`build_plan` call: tasks and report rows are added tensor by tensor."""
+
+    def __init__(self, recipe: Recipe, spec: MethodSpec, checkpoints: dict[str, Checkpoint],
+                 maps: dict[str, ArchMap], slices: list[OutputSlice]):
+        self.recipe, self.spec, self.checkpoints, self.maps, self.slices = recipe, spec, checkpoints, maps, slices
+        self.model_params = {m.model: m.parameters for m in recipe.models or []}
+        self.base_global = recipe.base_model
+        self.models = recipe.referenced_models()
+        self.reference = self.base_global or slices[0].sources[0].model
+        self.labels = {m: chr(ord("A") + i) for i, m in enumerate(self.models)}
+        self.layers = _child_layers(slices, maps)
+        # a slice's base is included only when set
+        self.participants = cast("list[str]", list(dict.fromkeys(
+            m for sl in slices for m in [s.model for s in sl.sources] + ([self.slice_base(sl)] if self.slice_base(sl)
+                                                                          else []))))
+        self.out_tied = all(maps[m].tied for m in self.participants)
+        self.tasks: list[TensorTask] = []
+        self.report: list[ReportRow] = []
+
+    def slice_base(self, sl: OutputSlice) -> str | None:
+        """The base model of a slice, or None when the method takes none."""
+        return (sl.base_model or self.base_global) if self.spec.base != "unused" else None
+
+    # ---- one child tensor
+    def add(self, out_name: str, role: TensorRole, sl: OutputSlice, entries: list[tuple[str, str | None]],
             t: float, out_layer: int | None) -> None:
         """entries: (model, stored name or None) for each slice source, base included."""
-        base_ref = (sl.base_model or base_global) if spec.base != "unused" else None
-        shapes = {m: (tuple(checkpoints[m].meta[n].shape) if n else None) for m, n in entries}
-        action, detail = tensor_verdict(shapes, labels)
+        shapes = {m: (tuple(self.checkpoints[m].meta[n].shape) if n else None) for m, n in entries}
+        action, detail = tensor_verdict(shapes, self.labels)
         if action not in ("blend", "transplant"):
-            report.append(ReportRow(out_name, action, detail))
+            self.report.append(ReportRow(out_name, action, detail))
             return
-        base_src = None
-        inputs: list[Source] = []
-        # blend / transplant verdict: the inputs have the tensor (stored name set)
-        for m, n in cast("list[tuple[str, str]]", entries):
-            if base_ref is not None and m == base_ref and base_src is None:
-                base_src = Source(m, n)
-            else:
-                inputs.append(Source(m, n))
+        inputs, base_src = self._split_base(sl, cast("list[tuple[str, str]]", entries))
         n_in = len(inputs)
+        spec = self.spec
         if n_in < spec.min_parents or (spec.max_parents is not None and n_in > spec.max_parents):
             raise RecipeError(f"merge_method {spec.name!r} takes {spec.min_parents}"
                               f"{'' if spec.max_parents == spec.min_parents else '+'} non-base parent(s), "
                               f"got {n_in} for {out_name}")
-        shared, parent = {}, {}
+        shared, parent = self._parameters(sl, inputs, out_name, t)
+        seeds = [tensor_seed(self.recipe.seed, out_name, i) for i in range(n_in)] if spec.random else None
+        shape = next(s for s in shapes.values() if s is not None)
+        task_action: TaskAction = ("transplant" if n_in + (base_src is not None) == 1 or spec.name == "passthrough"
+                                   else "blend")
+        self.tasks.append(TensorTask(out_name=out_name, shape=shape, method=spec.name, inputs=inputs, base=base_src,
+                                     shared=shared, parent=parent, seeds=seeds, component=role.component,
+                                     layer=out_layer, action=task_action))
+        self.report.append(ReportRow(out_name, task_action, detail))
+
+    def _split_base(self, sl: OutputSlice, entries: list[tuple[str, str]]) -> tuple[list[Source], Source | None]:
+        """(non-base inputs, base input) of a tensor whose entries all have it."""
+        base_ref, base_src, inputs = self.slice_base(sl), None, []
+        for m, n in entries:
+            if base_ref is not None and m == base_ref and base_src is None:
+                base_src = Source(m, n)
+            else:
+                inputs.append(Source(m, n))
+        return inputs, base_src
+
+    def _parameters(self, sl: OutputSlice, inputs: list[Source], out_name: str, t: float
+                    ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        """Shared and per-parent parameter values of one tensor (precedence: see :mod:`darwin.plan.params`)."""
+        shared: dict[str, Any] = {}
+        parent: dict[str, list[Any]] = {}
+        recipe, spec = self.recipe, self.spec
         for p in spec.params:
             if p.scope == "shared":
                 v = P.resolve(p.name, [sl.parameters, recipe.parameters], out_name, t)
@@ -203,39 +250,31 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
                 if v is None and p.required:
                     raise RecipeError(f"missing required parameter {p.name!r} for {out_name}")
                 shared[p.name] = _coerce(spec, p.name, v, out_name)
-            else:
-                vals = []
-                for src in inputs:
-                    sl_src = next((s for s in sl.sources if s.model == src.model), None)
-                    v = P.resolve(p.name, [sl_src.parameters if sl_src else None, sl.parameters,
-                                           model_params.get(src.model), recipe.parameters], src.tensor, t)
-                    v = p.default if v is None else v
-                    if v is None:
-                        raise RecipeError(f"missing required parameter {p.name!r} for model "
-                                          f"{src.model} at {out_name}")
-                    vals.append(_coerce(spec, p.name, v, f"{src.model}:{out_name}"))
-                parent[p.name] = vals
-        seeds = None
-        if spec.random:
-            seeds = [tensor_seed(recipe.seed, out_name, i) for i in range(n_in)]
-        shape = next(s for s in shapes.values() if s is not None)
-        task_action: TaskAction = ("transplant" if n_in + (base_src is not None) == 1 or spec.name == "passthrough"
-                                   else "blend")
-        tasks.append(TensorTask(out_name=out_name, shape=shape, method=spec.name, inputs=inputs, base=base_src,
-                                shared=shared, parent=parent, seeds=seeds, component=role.component,
-                                layer=out_layer, action=task_action))
-        report.append(ReportRow(out_name, task_action, detail))
+                continue
+            vals = []
+            for src in inputs:
+                sl_src = next((s for s in sl.sources if s.model == src.model), None)
+                v = P.resolve(p.name, [sl_src.parameters if sl_src else None, sl.parameters,
+                                       self.model_params.get(src.model), recipe.parameters], src.tensor, t)
+                v = p.default if v is None else v
+                if v is None:
+                    raise RecipeError(f"missing required parameter {p.name!r} for model {src.model} at {out_name}")
+                vals.append(_coerce(spec, p.name, v, f"{src.model}:{out_name}"))
+            parent[p.name] = vals
+        return shared, parent
 
-    def entries_for(sl: OutputSlice, pairs: list[tuple[str, str]], base_name: str) -> list[tuple[str, str | None]]:
+    def entries_for(self, sl: OutputSlice, pairs: list[tuple[str, str]], base_name: str
+                    ) -> list[tuple[str, str | None]]:
         """Resolve stored names; add the base (at ``base_name``) when it is not a slice source."""
-        base_ref = (sl.base_model or base_global) if spec.base != "unused" else None
+        base_ref = self.slice_base(sl)
         if base_ref is not None and base_ref not in [m for m, _ in pairs]:
             pairs = pairs + [(base_ref, base_name)]
-        return [(m, maps[m].stored_name(name, checkpoints[m], out_tied)) for m, name in pairs]
+        return [(m, self.maps[m].stored_name(name, self.checkpoints[m], self.out_tied)) for m, name in pairs]
 
-    ref_map = maps[reference]
-
-    def non_layer(sl: OutputSlice, which: str) -> None:
+    # ---- groups of tensors
+    def non_layer(self, sl: OutputSlice, which: str) -> None:
+        """Tensors outside the layers: ``pre`` (embeddings, other) or ``post`` (final norm, head)."""
+        maps, ref_map = self.maps, self.maps[self.reference]
         models_here = [s.model for s in sl.sources]
         names: list[str] = []
         for m in models_here:
@@ -243,64 +282,61 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
                 if r.layer is None and n not in names and \
                         ((which == "pre") == (r.component in ("embed", "other"))):
                     names.append(n)
-        if which == "post" and not out_tied and not any(maps[m].head_name in checkpoints[m] for m in models_here):
+        if which == "post" and not self.out_tied and \
+                not any(maps[m].head_name in self.checkpoints[m] for m in models_here):
             names.append(ref_map.head_name)
         for n in names:
             role = ref_map.roles.get(n) or next((maps[m].roles[n] for m in models_here if n in maps[m].roles),
                                                 TensorRole(n, "head", None, None, n))
-            add(n, role, sl, entries_for(sl, [(m, n) for m in models_here], n), 0.0, None)
+            self.add(n, role, sl, self.entries_for(sl, [(m, n) for m in models_here], n), 0.0, None)
 
-    non_layer(slices[0], "pre")
-    for j, lay in enumerate(layers):
-        sl = slices[lay.slice_index]
-        ref_model, ref_layer = next(((m, i) for m, i in lay.sources if m == reference), lay.sources[0])
-        rmap = maps[ref_model]
-        templates = [r for r in rmap.layer_tensors(ref_layer)]
+    def layer(self, j: int, lay: _Layer) -> None:
+        """Child layer ``j``: one task per tensor of the reference's source layer; rows for tensors only
+        another source layer has."""
+        maps, sl = self.maps, self.slices[lay.slice_index]
+        ref_model, ref_layer = next(((m, i) for m, i in lay.sources if m == self.reference), lay.sources[0])
+        templates = list(maps[ref_model].layer_tensors(ref_layer))
         seen_rest = {r.rest for r in templates}
-        out_prefix = next((r.prefix for r in ref_map.roles.values() if r.prefix), templates[0].prefix if templates else "")
+        out_prefix = _first_prefix(maps[self.reference], templates[0].prefix if templates else "")
         for r in templates:
-            out_name = f"{out_prefix}.{j}.{r.rest}"
-            pairs = []
-            for m, i in lay.sources:
-                pre = next((x.prefix for x in maps[m].roles.values() if x.prefix), r.prefix)
-                pairs.append((m, f"{pre}.{i}.{r.rest}"))
-            base_ref = sl.base_model or base_global
-            base_name = f"{next((x.prefix for x in maps[base_ref].roles.values() if x.prefix), r.prefix)}" \
-                        f".{lay.sources[0][1]}.{r.rest}" if base_ref else ""
-            add(out_name, r, sl, entries_for(sl, pairs, base_name), lay.t, j)
+            pairs = [(m, f"{_first_prefix(maps[m], r.prefix)}.{i}.{r.rest}") for m, i in lay.sources]
+            base_ref = sl.base_model or self.base_global
+            base_name = f"{_first_prefix(maps[base_ref], r.prefix)}.{lay.sources[0][1]}.{r.rest}" if base_ref else ""
+            self.add(f"{out_prefix}.{j}.{r.rest}", r, sl, self.entries_for(sl, pairs, base_name), lay.t, j)
         for m, i in lay.sources:
             for r in maps[m].layer_tensors(i):
                 if r.rest not in seen_rest:
                     seen_rest.add(r.rest)
-                    report.append(ReportRow(f"{out_prefix}.{j}.{r.rest}", f"only-in-{labels[m]}",
-                                            f"layer {i} of {labels[m]} has it, layer {ref_layer} of the reference does not"))
-    non_layer(slices[-1], "post")
+                    self.report.append(ReportRow(f"{out_prefix}.{j}.{r.rest}", f"only-in-{self.labels[m]}",
+                                                 f"layer {i} of {self.labels[m]} has it, layer {ref_layer} of the "
+                                                 "reference does not"))
 
-    # ---- config-level checks
-    configs = {m: checkpoints[m].config for m in participants}
-    folders = {m: checkpoints[m].path for m in participants}
-    tok_src = _tokenizer_source(recipe, reference)
-    checks = config_checks(configs, folders, labels, same_depth=recipe.slices is None,
-                           check_tokenizer=recipe.tokenizer_source is None)
-
-    out_dtype = (parse_dtype(recipe.out_dtype, "out_dtype") or parse_dtype(recipe.dtype)
-                 or parse_dtype(checkpoints[reference].config.get("torch_dtype")
-                                or checkpoints[reference].config.get("dtype")) or torch.float32)
-    layer_sources = [next((i for m, i in lay.sources if m == reference), lay.sources[0][1]) for lay in layers] \
-        if recipe.slices is not None else None
-    config = child_config(checkpoints[reference].config, dtype=out_dtype, tied=out_tied,
-                          layer_sources=layer_sources)
-    plan = MergePlan(tasks=tasks, models=models, reference=reference, config=config, out_dtype=out_dtype,
-                     tied=out_tied, tokenizer_source=tok_src, chat_template=recipe.chat_template, report=report,
-                     checks=checks, method=spec.name, recipe=recipe.model_dump(exclude_none=True))
-    problems = [f"{r.tensor}: {r.action} ({r.detail})" for r in report if r.action not in ("blend", "transplant")]
-    problems += [f"{name} differs: {detail}" for name, ok, detail in checks if not ok]
-    if problems:
-        err = CompatibilityError("parents are not compatible: " + "; ".join(problems[:6])
-                                 + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
-        err.plan = plan
-        raise err
-    return plan
+    # ---- the plan
+    def finish(self) -> MergePlan:
+        """Config-level checks, the child config and dtype; the plan, or the CompatibilityError listing
+        every problem (with the plan attached)."""
+        recipe, ck, ref = self.recipe, self.checkpoints, self.reference
+        checks = config_checks({m: ck[m].config for m in self.participants},
+                               {m: ck[m].path for m in self.participants}, self.labels,
+                               same_depth=recipe.slices is None, check_tokenizer=recipe.tokenizer_source is None)
+        out_dtype = (parse_dtype(recipe.out_dtype, "out_dtype") or parse_dtype(recipe.dtype)
+                     or parse_dtype(ck[ref].config.get("torch_dtype") or ck[ref].config.get("dtype")) or torch.float32)
+        layer_sources = [next((i for m, i in lay.sources if m == ref), lay.sources[0][1]) for lay in self.layers] \
+            if recipe.slices is not None else None
+        config = child_config(ck[ref].config, dtype=out_dtype, tied=self.out_tied, layer_sources=layer_sources)
+        plan = MergePlan(tasks=self.tasks, models=self.models, reference=ref, config=config, out_dtype=out_dtype,
+                         tied=self.out_tied, tokenizer_source=_tokenizer_source(recipe, ref),
+                         chat_template=recipe.chat_template, report=self.report, checks=checks,
+                         method=self.spec.name, recipe=recipe.model_dump(exclude_none=True))
+        problems = [f"{r.tensor}: {r.action} ({r.detail})" for r in self.report
+                    if r.action not in ("blend", "transplant")]
+        problems += [f"{name} differs: {detail}" for name, ok, detail in checks if not ok]
+        if problems:
+            err = CompatibilityError("parents are not compatible: " + "; ".join(problems[:6])
+                                     + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
+            err.plan = plan
+            raise err
+        return plan
 
 
 def _tokenizer_source(recipe: Recipe, reference: str) -> str:

@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,6 +54,52 @@ def _remap(value, new_id: dict[int, int]):
     return new_id.get(value, value) if isinstance(value, int) else value
 
 
+def _corpus_tokens(tok: Any, corpus: list[str | os.PathLike]) -> tuple[set[int], int]:
+    """(ids the corpus uses, tokens in the corpus) under ``tok``.
+
+    Raises:
+        DarwinError: the corpus is missing or has no tokens.
+    """
+    from darwin.io.textfiles import collect_files
+
+    used: set[int] = set()
+    n_tokens = 0
+    for f in collect_files(corpus, "trim-vocab corpus"):
+        ids = tok(f.read_text(errors="replace"), add_special_tokens=False).input_ids
+        used.update(ids)
+        n_tokens += len(ids)
+    if not used:
+        raise DarwinError(f"trim-vocab corpus {[str(c) for c in corpus]}: no tokens (empty text); refusing to cut "
+                          "the vocabulary to the byte alphabet")
+    return used, n_tokens
+
+
+def _copy_side_files(src: Path, dst: Path, new_id: dict[int, int]) -> None:
+    """Tokenizer side files as they are; ``generation_config.json`` with its token ids renumbered."""
+    for name in _COPY:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    gen = src / "generation_config.json"
+    if gen.exists():
+        g = json.loads(gen.read_text())
+        for k in _ID_KEYS:
+            if k in g:
+                g[k] = _remap(g[k], new_id)
+        (dst / "generation_config.json").write_text(json.dumps(g, indent=2))
+
+
+def _write_card_and_lineage(folder: Path, model: str, config: dict[str, Any], details: dict[str, Any]) -> None:
+    write_model_card(folder, parents=[model], method="vocab-trim", parameters=details,
+                     num_parameters=details["parameters_after"],
+                     dtype=str(config.get("dtype") or config.get("torch_dtype") or "float32"),
+                     extra_sections=["## Vocabulary trimming\n\nOnly tokens the corpus uses are kept (plus the "
+                                     "byte alphabet, special tokens and the merge inputs that build kept "
+                                     "tokens); other text still encodes in shorter pieces. Compare by bits "
+                                     "per byte."])
+    (folder / "lineage.json").write_text(json.dumps({"model": "child", "method": "vocab-trim", **details,
+                                                     "parents": [{"model": model}]}, indent=1))
+
+
 def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_dir: str | os.PathLike, *,
                force: bool = False) -> TrimResult:
     """Write ``model`` with its vocabulary trimmed to the tokens ``corpus`` uses.
@@ -73,8 +120,6 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
     """
     from transformers import AutoTokenizer
 
-    from darwin.io.textfiles import collect_files
-
     check_output_dir(out_dir, force=force)
     ck = Checkpoint(model)
     if Path(out_dir).expanduser().resolve() == ck.path.resolve():
@@ -83,16 +128,7 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
     tj_path = ck.path / "tokenizer.json"
     if not tj_path.exists():
         raise CheckpointError(f"{ck.path}: no tokenizer.json (vocabulary trimming rewrites it)")
-    tok = AutoTokenizer.from_pretrained(ck.path)
-    used: set[int] = set()
-    n_tokens = 0
-    for f in collect_files(corpus, "trim-vocab corpus"):
-        ids = tok(f.read_text(errors="replace"), add_special_tokens=False).input_ids
-        used.update(ids)
-        n_tokens += len(ids)
-    if not used:
-        raise DarwinError(f"trim-vocab corpus {[str(c) for c in corpus]}: no tokens (empty text); refusing to cut "
-                          "the vocabulary to the byte alphabet")
+    used, n_tokens = _corpus_tokens(AutoTokenizer.from_pretrained(ck.path), corpus)
     for k in _ID_KEYS:
         v = config.get(k)
         used.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
@@ -115,6 +151,8 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
     for k in _ID_KEYS:
         if k in config:
             config[k] = _remap(config[k], new_id)
+    details = {"vocab_before": vocab, "vocab_after": len(kept), "corpus": [str(c) for c in corpus],
+               "corpus_tokens": n_tokens, "parameters_before": before, "parameters_after": after}
     with atomic_output_dir(out_dir, force=force) as tmp:
         tmp = Path(tmp)
         writer = ShardedWriter(tmp, 5 * 10**9)
@@ -124,25 +162,7 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
         writer.finish()
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         (tmp / "tokenizer.json").write_text(json.dumps(new_tj, ensure_ascii=False))
-        for name in _COPY:
-            if (ck.path / name).exists():
-                shutil.copy2(ck.path / name, tmp / name)
-        gen = ck.path / "generation_config.json"
-        if gen.exists():
-            g = json.loads(gen.read_text())
-            for k in _ID_KEYS:
-                if k in g:
-                    g[k] = _remap(g[k], new_id)
-            (tmp / "generation_config.json").write_text(json.dumps(g, indent=2))
-        details = {"vocab_before": vocab, "vocab_after": len(kept), "corpus": [str(c) for c in corpus],
-                   "corpus_tokens": n_tokens, "parameters_before": before, "parameters_after": after}
-        write_model_card(tmp, parents=[str(model)], method="vocab-trim", parameters=details, num_parameters=after,
-                         dtype=str(config.get("dtype") or config.get("torch_dtype") or "float32"),
-                         extra_sections=["## Vocabulary trimming\n\nOnly tokens the corpus uses are kept (plus the "
-                                         "byte alphabet, special tokens and the merge inputs that build kept "
-                                         "tokens); other text still encodes in shorter pieces. Compare by bits "
-                                         "per byte."])
-        (tmp / "lineage.json").write_text(json.dumps({"model": "child", "method": "vocab-trim", **details,
-                                                      "parents": [{"model": str(model)}]}, indent=1))
+        _copy_side_files(ck.path, tmp, new_id)
+        _write_card_and_lineage(tmp, str(model), config, details)
     ck.close()
     return TrimResult(Path(out_dir).expanduser().resolve(), vocab, len(kept), before, after, n_tokens)
