@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
@@ -19,6 +19,9 @@ from darwin.errors import describe_validation_error
 from darwin.plan.crossover import crossover
 from darwin.plan.run import MergeResult
 from darwin.plan.trim import TrimResult, trim_vocab
+
+if TYPE_CHECKING:
+    from darwin.search.evolve import EvolveResult
 
 __all__ = ["merge", "evolve", "golf", "trim_vocab", "crossover", "mri", "MergeResult", "TrimResult"]
 
@@ -60,7 +63,7 @@ def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool 
 
 def evolve(config: Any, out_dir: str | os.PathLike, *, resume: bool = False, force: bool = False,
            fitness: Any = None, progress: bool = True, write_outputs: bool = True, workers: int | None = None,
-           address: str | None = None) -> Any:
+           address: str | None = None) -> EvolveResult:
     """Breed a child with CMA-ES (``darwin evolve``; the steps: :mod:`darwin.search.evolve`).
 
     Args:
@@ -93,7 +96,7 @@ def golf(models: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str |
          max_params: int | str = "100M", min_context: int = 1028, text: Sequence[str | os.PathLike] | None = None,
          fitness: list[dict[str, Any]] | None = None, population: int = 8, generations: int = 6, seed: int = 0,
          trim_corpus: Sequence[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
-         force: bool = False, progress: bool = True) -> Any:
+         force: bool = False, progress: bool = True) -> EvolveResult:
     """Cut one model (or two of one family) to a parameter budget without training (``darwin golf``).
 
     Args:

@@ -44,12 +44,12 @@ class NoLayerPrior:
         raise RecipeError(f"{type(self).__name__} takes no per-layer MRI prior ('prior' is for the golf genome)")
 
 
-class PairBreeder(NoLayerPrior):
-    """Same-family parents (and an optional base), paired tensor by tensor."""
+class _PairOfParents(NoLayerPrior):
+    """Breeders of exactly two parents A and B laid out by ``self.layout`` (which lists its models)."""
 
-    def __init__(self, layout: PairLayout):
-        self.layout = layout
-        self.a, self.b, self.base, self.num_layers = layout.a, layout.b, layout.base, layout.num_layers
+    a: str
+    b: str
+    layout: PairLayout | CrossLayout
 
     @property
     def parents(self) -> list[str]:
@@ -60,6 +60,16 @@ class PairBreeder(NoLayerPrior):
     def models(self) -> list[str]:
         """A, B and the base if any."""
         return self.layout.models
+
+
+class PairBreeder(_PairOfParents):
+    """Same-family parents (and an optional base), paired tensor by tensor."""
+
+    layout: PairLayout
+
+    def __init__(self, layout: PairLayout):
+        self.layout = layout
+        self.a, self.b, self.base, self.num_layers = layout.a, layout.b, layout.base, layout.num_layers
 
     def decode(self, spec: GenomeSpec, values: Mapping[str, float], *, r_mri=None, seed: int = 0) -> MergePlan:
         """:func:`darwin.genome.decode.decode`."""
@@ -99,24 +109,16 @@ class PairBreeder(NoLayerPrior):
         return {}
 
 
-class CrossBreeder(NoLayerPrior):
+class CrossBreeder(_PairOfParents):
     """Parents of different families (``crossover`` or ``ffn_transplant`` decoder)."""
 
     base: str | None = None
 
+    layout: CrossLayout
+
     def __init__(self, layout: CrossLayout, decoder: str):
         self.layout, self.decoder = layout, decoder
         self.a, self.b, self.num_layers = layout.a, layout.b, layout.num_layers
-
-    @property
-    def parents(self) -> list[str]:
-        """A and B."""
-        return [self.a, self.b]
-
-    @property
-    def models(self) -> list[str]:
-        """A and B."""
-        return self.layout.models
 
     def decode(self, spec: GenomeSpec, values: Mapping[str, float], *, r_mri=None, seed: int = 0) -> MergePlan:
         """Gene values → crossover or FFN-transplant plan (``r_mri`` and ``seed`` are not used)."""
