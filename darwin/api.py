@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import ValidationError
 
-from darwin.errors import describe_validation_error
+from darwin.errors import RecipeError, describe_validation_error
 from darwin.plan.crossover import crossover
 from darwin.plan.run import MergeResult
 from darwin.plan.trim import TrimResult, trim_vocab
@@ -55,6 +55,8 @@ def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool 
     from darwin.genome.recipe import genome_recipe_plan
     from darwin.plan.run import merge as run_merge
 
+    if out_dir is None and not dry_run:
+        raise RecipeError("give an output folder (out_dir), or dry_run=True")
     planned = genome_recipe_plan(recipe, seed=seed)
     return run_merge(planned if planned is not None else recipe, out_dir, force=force, device=device,
                      max_shard_size=max_shard_size, batch_bytes=batch_bytes, seed=seed, dry_run=dry_run,
@@ -122,11 +124,14 @@ def golf(models: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str |
     from darwin.search.golf import GolfRequest
     from darwin.search.golf import golf as run_golf
 
+    def paths(x: Any) -> list[str] | None:  # one path or a list of them
+        return None if not x else [str(x)] if isinstance(x, (str, os.PathLike)) else [str(p) for p in x]
+
     names = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     fields = {"models": [str(m) for m in names], "max_params": max_params, "min_context": min_context,
-              "text": [str(t) for t in text] if text else None, "fitness": fitness, "population": population,
+              "text": paths(text), "fitness": fitness, "population": population,
               "generations": generations, "seed": seed, "device": device,
-              "trim_corpus": [str(c) for c in trim_corpus] if trim_corpus else None}
+              "trim_corpus": paths(trim_corpus)}
     try:
         req = GolfRequest.model_validate(fields)
     except ValidationError as e:

@@ -10,7 +10,7 @@ from darwin.diagnosis.fuse import pair_ratios
 from darwin.diagnosis.probe import FAMILIES
 from darwin.diagnosis.report import heatmap, mri_document, write_json
 from darwin.diagnosis.scan import Scan, scan_model
-from darwin.io.writer import atomic_output_dir
+from darwin.io.writer import atomic_output_dir, check_output_dir, refuse_input_overlap
 
 
 def pair_r_mri(a: Scan, b: Scan, w_static: float = 0.4, w_probe: float = 0.6) -> dict[str, float]:
@@ -32,6 +32,9 @@ def run_mri(model: str, out_dir: str | os.PathLike | None, *, against: str | Non
     Raises:
         CheckpointError: a model folder is missing or unreadable; OutputExistsError.
     """
+    if out_dir is not None:  # before the scan: an output that cannot be written fails at once
+        check_output_dir(out_dir, force=force)
+        refuse_input_overlap(out_dir, {"the scanned model": model, **({"the --against model": against} if against else {})})
     scans = {"A": scan_model(model, probes=probes, families=families, device=device, progress=progress)}
     if against:
         scans["B"] = scan_model(against, probes=probes, families=families, device=device, progress=progress)

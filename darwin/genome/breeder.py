@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from darwin.errors import RecipeError
+from darwin.errors import DarwinError, RecipeError
 from darwin.genome.decode import PairLayout, check_values, decode, pair_layout
 from darwin.genome.registry import Breeder, BreedRequest, Decoder, MriPrior, get_decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
@@ -195,8 +195,18 @@ def make_breeder(spec: GenomeSpec, checkpoints: Mapping[str, Checkpoint], parent
     if base and not dec.takes_base:
         raise RecipeError(f"genome {spec.name!r} ({dec.name}) takes no base model")
     if dec.breeder is not None:
-        return dec.breeder(BreedRequest(spec=spec, checkpoints=checkpoints, parents=list(parents), base=base,
-                                        out_dtype=out_dtype, max_params=max_params))
+        request = BreedRequest(spec=spec, checkpoints=checkpoints, parents=list(parents), base=base,
+                               out_dtype=out_dtype, max_params=max_params)
+        try:
+            breeder = dec.breeder(request)
+        except DarwinError:
+            raise
+        except Exception as e:  # a bug in a user's breeder factory is named, not a traceback
+            raise RecipeError(f"decoder {dec.name!r}: its breeder factory failed ({type(e).__name__}: {e})") from None
+        if not isinstance(breeder, Breeder):
+            raise RecipeError(f"decoder {dec.name!r}: its breeder factory returned a {type(breeder).__name__}, "
+                              "not an object with the darwin.genome.registry.Breeder methods")
+        return breeder
     a, b = parents
     return PairBreeder(pair_layout(checkpoints, a, b, base, out_dtype))
 

@@ -188,7 +188,14 @@ def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_
     if rule is None:
         raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} has no per-tensor ratio rule "
                           "(it decodes through its own breeder)")
-    r = rule(values, slot.role, num_layers, spec.options.neutral_ratio)
+    try:
+        r = rule(values, slot.role, num_layers, spec.options.neutral_ratio)
+    except Exception as e:  # a user's ratio rule: named, not a traceback
+        raise RecipeError(f"decoder {spec.decoder!r}: the ratio rule failed on {slot.name} "
+                          f"({type(e).__name__}: {e})") from None
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
+        raise RecipeError(f"decoder {spec.decoder!r}: the ratio rule gave {r!r} for {slot.name}; "
+                          "a ratio is a number in [0, 1]")
     if r_mri is not None and slot.name in r_mri:
         tau = values["mri_trust"]
         r = tau * r_mri[slot.name] + (1 - tau) * r

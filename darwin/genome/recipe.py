@@ -13,11 +13,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from darwin.errors import RecipeError, describe_validation_error
 from darwin.genome.breeder import make_breeder, mri_prior
@@ -42,6 +43,39 @@ class GenomeRecipe(BaseModel):
     prior: Optional[list[float]] = None       # golf: the per-layer MRI prior (ranks) used in the search
     max_params: Optional[int] = None          # golf: the parameter budget
 
+    @field_validator("mri", "prior")
+    @classmethod
+    def _fractions(cls, v: Any, info: Any) -> Any:
+        values = v.values() if isinstance(v, dict) else v or []
+        if any(not (math.isfinite(x) and 0.0 <= x <= 1.0) for x in values):
+            raise ValueError(f"{info.field_name}: every value must be a number in [0, 1]")
+        return v
+
+    @field_validator("max_params")
+    @classmethod
+    def _budget(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v <= 0:
+            raise ValueError("max_params must be > 0")
+        return v
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative parents, base and genome file that exist next to the recipe resolve against its folder
+    (as mergekit recipes do); anything else (hub ids, built-in genome names) stays as written."""
+    def fix(p: Any) -> Any:
+        if not isinstance(p, str) or Path(p).is_absolute():
+            return p
+        cand = folder / p
+        return str(cand) if cand.exists() else p
+
+    out = dict(data)
+    if isinstance(out.get("parents"), list):
+        out["parents"] = [fix(p) for p in out["parents"]]
+    out["base"] = fix(out.get("base"))
+    if isinstance(out.get("genome"), str) and out["genome"].endswith((".yaml", ".yml")):
+        out["genome"] = fix(out["genome"])
+    return out
+
 
 def is_genome_recipe(data: Any) -> bool:
     """Whether a loaded YAML mapping is a genome recipe (has a ``genome`` key)."""
@@ -59,7 +93,7 @@ def load_genome_recipe(source: GenomeRecipe | dict[str, Any] | str | os.PathLike
     data, where = source, "genome recipe"
     if isinstance(source, (str, os.PathLike)):
         where = str(source)
-        data = load_yaml_mapping(source, "genome recipe")
+        data = _resolve_paths(load_yaml_mapping(source, "genome recipe"), Path(source).resolve().parent)
     try:
         rec = GenomeRecipe.model_validate(data)
     except ValidationError as e:
@@ -77,9 +111,9 @@ def plan_genome_recipe(source: GenomeRecipe | dict[str, Any] | str | os.PathLike
     refs = rec.parents + ([rec.base] if rec.base else [])
     ckpts = {r: Checkpoint(r) for r in refs}
     breeder = make_breeder(spec, ckpts, rec.parents, rec.base, parse_dtype(rec.dtype), rec.max_params)
+    if (rec.prior is not None or rec.max_params is not None) and mri_prior(spec) != "layer":
+        raise RecipeError(f"genome recipe: 'prior' and 'max_params' are for the golf genome, not {spec.name!r}")
     if rec.prior is not None:
-        if mri_prior(spec) != "layer":
-            raise RecipeError(f"genome recipe: 'prior' is for the golf genome, not {spec.name!r}")
         breeder.set_prior_ranks(rec.prior)
     return breeder.decode(spec, rec.values, r_mri=rec.mri, seed=rec.seed), ckpts
 
@@ -109,7 +143,10 @@ def genome_recipe_plan(source: Any, *, seed: int | None = None) -> tuple[MergePl
     try:
         rec = load_genome_recipe(source)
         if seed is not None:
-            rec = rec.model_copy(update={"seed": seed})
+            try:
+                rec = GenomeRecipe.model_validate({**rec.model_dump(), "seed": seed})
+            except ValidationError as e:
+                raise describe_validation_error("--seed", "genome recipe", e) from None
         return plan_genome_recipe(rec)
     except RecipeError as e:
         if isinstance(source, (str, os.PathLike)) and not str(e).startswith(str(source)):

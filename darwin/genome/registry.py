@@ -14,7 +14,8 @@ A genome YAML names its ``decoder``. A :class:`Decoder` declares what that decod
 * how many parents it takes and whether it takes a base model.
 
 Built-in decoders (``darwin14``, ``layerwise``, ``crossover``, ``ffn_transplant``, ``golf``) are
-declared next to their code. Your own decoder is one :func:`register_decoder` call
+declared next to their code (:data:`REGISTRY` maps each name to that module, imported on the first
+lookup). Your own decoder is one :func:`register_decoder` call
 (docs/genome.md), or a genome YAML that names it as ``decoder: my_package.my_module:MY_DECODER``,
 which is imported when the genome is loaded and so also works when ``darwin merge`` replays the
 recipe in a new process.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -45,6 +46,7 @@ RatioRule = Callable[[Mapping[str, float], "TensorRole", int, float], float]
 BLEND_GENES = ("density_a", "density_b", "mri_trust", "merge_method_weight")
 
 
+@runtime_checkable
 class Breeder(Protocol):
     """Parents prepared for a genome search: gene values → merge plans with no I/O.
 
@@ -158,18 +160,30 @@ class Decoder:
         return self.genes + extra
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or ":" in self.name:
+            raise ValueError(f"decoder name {self.name!r}: give a non-empty name without ':'")
         if (self.ratio_rule is None) == (self.breeder is None):
             raise ValueError(f"decoder {self.name!r}: give exactly one of ratio_rule and breeder")
+        if not callable(self.ratio_rule or self.breeder):
+            raise ValueError(f"decoder {self.name!r}: ratio_rule / breeder must be callable")
+        for key in ("genes", "per_layer_genes", "baselines"):
+            value = getattr(self, key)
+            if not isinstance(value, tuple) or not all(isinstance(g, str) for g in value):
+                raise ValueError(f"decoder {self.name!r}: {key} must be a tuple of names, got {value!r}")
         if self.mri_prior not in ("tensor", "layer", None):
             raise ValueError(f"decoder {self.name!r}: mri_prior must be 'tensor', 'layer' or None")
+        if not 1 <= self.min_parents <= self.max_parents:
+            raise ValueError(f"decoder {self.name!r}: need 1 <= min_parents <= max_parents")
+        if self.ratio_rule is not None and (self.min_parents, self.max_parents) != (2, 2):
+            raise ValueError(f"decoder {self.name!r}: a ratio rule breeds exactly two parents")
 
 
 @dataclass
 class DecoderRegistry:
-    """Name → :class:`Decoder`; the built-ins are declared in the modules named in ``builtin_modules``
-    and loaded on first lookup."""
+    """Name → :class:`Decoder`; each built-in is declared in the module ``builtins`` names for it,
+    imported on first lookup. A built-in name cannot be taken by another module."""
 
-    builtin_modules: tuple[str, ...]
+    builtins: dict[str, str]
     decoders: dict[str, Decoder] = field(default_factory=dict)
     _loaded: bool = False
 
@@ -177,8 +191,14 @@ class DecoderRegistry:
         """Add ``decoder``; returns it (usable as ``MY = register_decoder(Decoder(...))``).
 
         Raises:
-            RecipeError: the name is taken and ``replace`` is False.
+            RecipeError: the name is taken (a built-in one included) and ``replace`` is False, or
+                ``decoder`` is not a :class:`Decoder`.
         """
+        if not isinstance(decoder, Decoder):
+            raise RecipeError(f"register_decoder: expected a darwin.genome.registry.Decoder, got {type(decoder).__name__}")
+        owner = self.builtins.get(decoder.name)
+        if owner is not None and getattr(decoder.ratio_rule or decoder.breeder, "__module__", None) != owner:
+            raise RecipeError(f"decoder {decoder.name!r} is built in (declared in {owner}); choose another name")
         if decoder.name in self.decoders and not replace and self.decoders[decoder.name] is not decoder:
             raise RecipeError(f"decoder {decoder.name!r} is already registered (pass replace=True to override)")
         self.decoders[decoder.name] = decoder
@@ -187,7 +207,7 @@ class DecoderRegistry:
     def _load_builtins(self) -> None:
         if not self._loaded:
             self._loaded = True
-            for mod in self.builtin_modules:
+            for mod in dict.fromkeys(self.builtins.values()):
                 importlib.import_module(mod)
 
     def get(self, name: str) -> Decoder:
@@ -206,9 +226,11 @@ class DecoderRegistry:
 
     def _import(self, ref: str) -> Decoder:
         mod, _, attr = ref.partition(":")
+        if not mod or not attr or mod.startswith("."):
+            raise RecipeError(f"decoder {ref!r}: give module:attribute with an absolute module name")
         try:
             obj = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
+        except Exception as e:  # any failure of the user's module (ImportError, SyntaxError, its own bugs)
             raise RecipeError(f"decoder {ref!r}: cannot import it ({type(e).__name__}: {e})") from None
         if not isinstance(obj, Decoder):
             raise RecipeError(f"decoder {ref!r}: is a {type(obj).__name__}, not a darwin.genome.registry.Decoder")
@@ -221,7 +243,9 @@ class DecoderRegistry:
 
 
 #: the process-wide registry (built-ins plus whatever :func:`register_decoder` adds)
-REGISTRY = DecoderRegistry(builtin_modules=("darwin.genome.decode", "darwin.genome.breeder", "darwin.genome.golf"))
+REGISTRY = DecoderRegistry(builtins={"darwin14": "darwin.genome.decode", "layerwise": "darwin.genome.decode",
+                                     "crossover": "darwin.genome.breeder", "ffn_transplant": "darwin.genome.breeder",
+                                     "golf": "darwin.genome.golf"})
 
 
 def register_decoder(decoder: Decoder, *, replace: bool = False) -> Decoder:

@@ -34,6 +34,8 @@ class Gene(BaseModel):
 
     @model_validator(mode="after")
     def _bounds(self):
+        if not all(math.isfinite(v) for v in (self.low, self.high, self.start)):
+            raise ValueError(f"gene {self.name!r}: low, high and start must be finite numbers")
         if not self.low < self.high:
             raise ValueError(f"gene {self.name!r}: low must be < high")
         if not self.low <= self.start <= self.high:
@@ -67,6 +69,16 @@ class DecoderOptions(BaseModel):
     rescale: str = "l1"
     neutral_ratio: float = 0.5
 
+    @model_validator(mode="after")
+    def _ranges(self):
+        if not 0.0 <= self.transplant_low <= self.transplant_high <= 1.0:
+            raise ValueError("options: need 0 <= transplant_low <= transplant_high <= 1")
+        if not 0.0 <= self.neutral_ratio <= 1.0:
+            raise ValueError("options: neutral_ratio must be in [0, 1]")
+        if self.rescale not in ("l1", "paper", "none"):
+            raise ValueError(f"options: rescale must be 'l1', 'paper' or 'none', got {self.rescale!r}")
+        return self
+
 
 class GenomeSpec(BaseModel):
     """A genome: named genes, optional per-layer genes, a decoder and its options."""
@@ -89,10 +101,19 @@ class GenomeSpec(BaseModel):
         return self
 
     def expand(self, num_layers: int) -> list[Gene]:
-        """All genes for a model with ``num_layers`` layers (per-layer genes as ``layer_<i>_<name>``)."""
+        """All genes for a model with ``num_layers`` layers (per-layer genes as ``layer_<i>_<name>``).
+
+        Raises:
+            RecipeError: a scalar gene has the name of an expanded per-layer gene.
+        """
         out = list(self.genes)
         for i in range(num_layers):
             out += [g.model_copy(update={"name": f"layer_{i}_{g.name}"}) for g in self.per_layer_genes]
+        names = [g.name for g in out]
+        if len(set(names)) != len(names):
+            clash = sorted({n for n in names if names.count(n) > 1})
+            raise RecipeError(f"genome {self.name!r}: genes {clash} are defined twice (a scalar gene and a "
+                              "per-layer gene expanded to the same name)")
         return out
 
 

@@ -62,6 +62,32 @@ def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Path
     return out
 
 
+def refuse_input_overlap(out_dir: str | os.PathLike, inputs: dict[str, str | os.PathLike]) -> None:
+    """Refuse an output folder that is, or contains, one of the inputs (replacing it would destroy them).
+
+    Args:
+        out_dir: the output folder about to be written (and maybe replaced).
+        inputs: label (e.g. ``parent A``, the reference) → local path; paths that do not exist
+            (hub ids) are skipped.
+
+    Raises:
+        RecipeError: naming the output and the input it would destroy.
+    """
+    from darwin.errors import RecipeError
+
+    out = Path(out_dir).expanduser().resolve()
+    for label, p in inputs.items():
+        path = Path(p).expanduser()
+        if not path.exists():
+            continue
+        path = path.resolve()
+        if path == out:
+            raise RecipeError(f"{out_dir}: the output folder is {label}; choose another folder")
+        if out in path.parents:
+            raise RecipeError(f"{out_dir}: the output folder contains {label} ({path}); replacing it would delete "
+                              "it; choose another folder")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``out_dir`` only if the block finishes.

@@ -41,6 +41,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
                           f"({torch.cuda.device_count()} GPU(s)); use --device cpu or auto")
     if dev.type not in ("cpu", "cuda", "mps", "xpu"):
         raise DarwinError(f"device {device!r}: unsupported device type {dev.type!r}")
+    backend = {"mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}.get(dev.type)
+    if dev.type in ("mps", "xpu") and (backend is None or not backend.is_available()):
+        raise DarwinError(f"device {device!r}: {dev.type} is not available here; use --device cpu or auto")
     return dev
 
 

@@ -16,7 +16,7 @@ from darwin.errors import RecipeError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.extras import copy_generation_config, copy_tokenizer_files, write_chat_template
-from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, parse_size
+from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, parse_size, refuse_input_overlap
 from darwin.plan.execute import default_batch_bytes, execute, peak_bytes_estimate, resolve_device
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import build_plan
@@ -124,7 +124,7 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike | tuple[MergePlan,
     shard_bytes = parse_size(max_shard_size)
     resolve_device(device)  # a bad device fails before any work
     if not dry_run and out_dir is None:
-        raise ValueError("out_dir is required unless dry_run=True")
+        raise RecipeError("give an output folder (out_dir), or dry_run=True")
     if not dry_run:
         assert out_dir is not None  # refused above
         check_output_dir(out_dir, force=force)
@@ -133,10 +133,7 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike | tuple[MergePlan,
     else:
         plan, ckpts = plan_recipe(recipe, seed=seed)
     if out_dir is not None:
-        target = Path(out_dir).expanduser().resolve()
-        for ref, c in ckpts.items():
-            if c.path.resolve() == target:
-                raise RecipeError(f"{out_dir}: the output folder is parent {ref}; choose another folder")
+        refuse_input_overlap(out_dir, {f"parent {ref}": c.path for ref, c in ckpts.items()})
     batch_bytes = batch_bytes or default_batch_bytes(resolve_device(device))
     peak = peak_bytes_estimate(plan, batch_bytes) + min(shard_bytes, plan.output_bytes)
     if dry_run:

@@ -20,10 +20,10 @@ import torch
 
 from darwin.arch.mapper import ArchMap
 from darwin.arch.vocab import trim_bpe_tokenizer
-from darwin.errors import CheckpointError, CompatibilityError, DarwinError, RecipeError
+from darwin.errors import CheckpointError, CompatibilityError, DarwinError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
-from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir
+from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, refuse_input_overlap
 
 _ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
 _COPY = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
@@ -100,13 +100,15 @@ def _write_card_and_lineage(folder: Path, model: str, config: dict[str, Any], de
                                                      "parents": [{"model": model}]}, indent=1))
 
 
-def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_dir: str | os.PathLike, *,
+def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike] | str | os.PathLike,
+               out_dir: str | os.PathLike, *,
                force: bool = False) -> TrimResult:
     """Write ``model`` with its vocabulary trimmed to the tokens ``corpus`` uses.
 
     Args:
         model: a folder (or hub id) with ``tokenizer.json`` (byte-level BPE).
-        corpus: text files or folders (sorted, read as UTF-8) that define the kept tokens.
+        corpus: text files or folders (sorted, read as UTF-8) that define the kept tokens (one path
+            is one file or folder).
         out_dir: child folder (refused if it exists unless ``force``).
 
     Returns:
@@ -120,10 +122,11 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike], out_di
     """
     from transformers import AutoTokenizer
 
+    if isinstance(corpus, (str, os.PathLike)):  # one file or folder
+        corpus = [corpus]
     check_output_dir(out_dir, force=force)
     ck = Checkpoint(model)
-    if Path(out_dir).expanduser().resolve() == ck.path.resolve():
-        raise RecipeError(f"{out_dir}: the output folder is the model being trimmed; choose another folder")
+    refuse_input_overlap(out_dir, {"the model being trimmed": ck.path})
     config = dict(ck.require_config())
     tj_path = ck.path / "tokenizer.json"
     if not tj_path.exists():

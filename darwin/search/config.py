@@ -120,6 +120,8 @@ def parse_count(value: Any, key: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"{key}: expected a count, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}: expected a finite count, got {value!r}")
     if isinstance(value, (int, float)):
         n = int(value)
     else:
@@ -127,7 +129,7 @@ def parse_count(value: Any, key: str) -> int | None:
         mult = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}.get(text[-1:], 1)
         try:
             n = int(float(text[:-1] if mult > 1 else text) * mult)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"{key}: expected a count like 100000000 or 100M, got {value!r}") from None
     if n <= 0:
         raise ValueError(f"{key}: must be > 0, got {value!r}")

@@ -195,10 +195,10 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     fit = as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))
     workers, address = _placement(cfg, opts)
     check_start(ctx)
-    prepare_run_folder(ctx.out, cfg, resume=opts.resume, force=opts.force)
-    ctx = replace(ctx, r_mri=apply_priors(cfg, ctx.out, ctx.spec, ctx.breeder))
-    evaluator = make_evaluator(ctx, fit, workers, address)
+    evaluator = make_evaluator(ctx, fit, workers, address)  # Ray workers that cannot start fail before the folder
     try:
+        prepare_run_folder(ctx.out, cfg, resume=opts.resume, force=opts.force)
+        ctx = replace(ctx, r_mri=apply_priors(cfg, ctx.out, ctx.spec, ctx.breeder))
         return run_search(ctx, evaluator, opts)
     finally:
         evaluator.close()

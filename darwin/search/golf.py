@@ -8,13 +8,15 @@ is verified from its files (:func:`darwin.search.constraints.verify_child`).
 
 from __future__ import annotations
 
+import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from darwin.errors import DarwinError
+from darwin.errors import OutputExistsError
 from darwin.search.config import parse_count
 from darwin.search.evolve import EvolveOptions, EvolveResult, evolve
 
@@ -61,18 +63,47 @@ def golf_config(req: GolfRequest, parents: list[str]) -> dict[str, Any]:
     from darwin.diagnosis.probe import shipped_probe_dir
 
     files = list(req.text) if req.text else [str(shipped_probe_dir())]
-    fitness = req.fitness or [{"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}]
+    fitness = req.fitness if req.fitness is not None else [
+        {"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}]
     return {"parents": list(parents), "genome": "golf", "mri": {"enabled": True}, "fitness": fitness,
             "search": {"population": req.population, "generations": req.generations, "seed": req.seed,
                        "constraints": {"max_params": req.max_params, "min_context": req.min_context}},
             "device": req.device}
 
 
-def trimmed_parents(req: GolfRequest, out: Path, *, resume: bool, force: bool) -> tuple[list[str], list[Path]]:
-    """Trim every parent's vocabulary into ``OUT-trimmed-<i>``; returns (parents, folders created now).
+@dataclass
+class TrimmedParents:
+    """The parents of a golf run with vocabulary trimming, and what to undo if the run fails early.
 
-    On resume an existing trimmed parent of the run is reused. On failure the folders created
-    here are removed before the error propagates.
+    Attributes:
+        parents: the trimmed parent folders (``OUT-trimmed-<i>``).
+        created: folders written by this call.
+        backups: ``(backup, original)``: a previous run's trimmed parent set aside (``--force``);
+            restored if this run fails before searching, deleted once it has searched.
+    """
+
+    parents: list[str] = field(default_factory=list)
+    created: list[Path] = field(default_factory=list)
+    backups: list[tuple[Path, Path]] = field(default_factory=list)
+
+    def undo(self) -> None:
+        """Remove what this run created and put back what it set aside."""
+        remove_folders(self.created)
+        for backup, original in self.backups:
+            if backup.exists() and not original.exists():
+                os.replace(backup, original)
+
+    def commit(self) -> None:
+        """Drop the set-aside trimmed parents of the previous run."""
+        remove_folders([b for b, _ in self.backups])
+
+
+def trimmed_parents(req: GolfRequest, out: Path, *, resume: bool, force: bool) -> TrimmedParents:
+    """Trim every parent's vocabulary into ``OUT-trimmed-<i>``.
+
+    On resume an existing trimmed parent of the run is reused. With ``force`` an existing one is
+    set aside (not deleted) until the run has searched. On failure here everything is undone before
+    the error propagates.
 
     Raises:
         DarwinError: from :func:`darwin.plan.trim.trim_vocab` (an existing folder without ``force``, …).
@@ -80,20 +111,25 @@ def trimmed_parents(req: GolfRequest, out: Path, *, resume: bool, force: bool) -
     from darwin.plan.trim import trim_vocab
 
     assert req.trim_corpus is not None
-    parents: list[str] = []
-    created: list[Path] = []
+    done = TrimmedParents()
     try:
         for i, m in enumerate(req.models):
             dest = out.parent / f"{out.name}-trimmed-{i}"
             if resume and (dest / "lineage.json").exists():  # the trimmed parent of the run being resumed
-                parents.append(str(dest))
+                done.parents.append(str(dest.resolve()))
                 continue
-            parents.append(str(trim_vocab(m, list(req.trim_corpus), dest, force=force).out_dir))
-            created.append(dest)
-    except DarwinError:
-        remove_folders(created)
+            if dest.exists() and not (dest / "lineage.json").exists():
+                raise OutputExistsError(f"{dest}: exists and is not a trimmed parent of a golf run; move it away")
+            if force and dest.is_dir():
+                backup = dest.parent / f".{dest.name}.previous-{os.getpid()}"
+                os.replace(dest, backup)
+                done.backups.append((backup, dest))
+            done.parents.append(str(trim_vocab(m, list(req.trim_corpus), dest, force=force).out_dir))
+            done.created.append(dest)
+    except BaseException:
+        done.undo()
         raise
-    return parents, created
+    return done
 
 
 def remove_folders(folders: list[Path]) -> None:
@@ -111,11 +147,32 @@ def golf(req: GolfRequest, out_dir: str | Path, options: EvolveOptions | None = 
     """
     opts = options or EvolveOptions()
     out = Path(out_dir)
-    parents, created = (trimmed_parents(req, out, resume=opts.resume, force=opts.force) if req.trim_corpus
-                        else (list(req.models), []))
+    trimmed = (trimmed_parents(req, out, resume=opts.resume, force=opts.force) if req.trim_corpus
+               else TrimmedParents(parents=[_absolute(m) for m in req.models]))
+    history = out / "history.jsonl"
+    before = _stamp(history)
     try:
-        return evolve(golf_config(req, parents), out, opts)
+        result = evolve(golf_config(req, trimmed.parents), out, opts)
     except BaseException:
-        if not (out / "history.jsonl").exists():
-            remove_folders(created)  # nothing was searched: do not leave the trimmed parents behind
+        if _stamp(history) in (None, before):
+            trimmed.undo()  # this run searched nothing: leave the trimmed parents as they were
+        else:
+            trimmed.commit()
         raise
+    trimmed.commit()
+    return result
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a file, None if absent: tells whether a run appended to its history."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _absolute(ref: str) -> str:
+    """A local folder as an absolute path (so the run's recipe replays from any folder); hub ids as given."""
+    p = Path(ref).expanduser()
+    return str(p.resolve()) if p.exists() else ref

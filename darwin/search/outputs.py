@@ -50,6 +50,12 @@ def read_lineage(folder: Path) -> dict[str, Any]:
     return {"model": str(folder)}
 
 
+def _portable(ref: str) -> str:
+    """A local parent as an absolute path (the recipe replays from any folder); a hub id as given."""
+    p = Path(ref).expanduser()
+    return str(p.resolve()) if p.exists() else ref
+
+
 def write_genome_files(ctx: RunContext, best: dict[str, Any]) -> MergePlan:
     """Write ``best_genome.yaml`` and ``recipe.yaml``; returns the best candidate's plan."""
     values = best["genes"]
@@ -58,8 +64,9 @@ def write_genome_files(ctx: RunContext, best: dict[str, Any]) -> MergePlan:
          "generation": best["generation"], "values": values}, sort_keys=False))
     plan = ctx.plan_of(values)
     b = ctx.breeder
-    recipe: dict[str, Any] = {"genome": genome_ref(ctx.spec), "parents": b.parents, "base": b.base,
-                              "values": values, "mri": ctx.r_mri, "dtype": ctx.cfg.dtype, "seed": ctx.seed,
+    recipe: dict[str, Any] = {"genome": genome_ref(ctx.spec), "parents": [_portable(p) for p in b.parents],
+                              "base": _portable(b.base) if b.base else None, "values": values,
+                              "mri": ctx.r_mri, "dtype": ctx.cfg.dtype, "seed": ctx.seed,
                               **{k: plan.recipe[k] for k in ("prior", "max_params") if k in plan.recipe}}
     write_text_atomic(ctx.out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     return plan

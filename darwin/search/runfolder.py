@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from darwin.errors import DarwinError, OutputExistsError, RecipeError
-from darwin.io.writer import check_output_dir
+from darwin.io.writer import check_output_dir, refuse_input_overlap
 from darwin.search.config import ParentsConfig
 
 #: search settings that say where candidates are scored, not what is searched (not part of the run's identity)
@@ -103,10 +103,15 @@ def _check_resumable(out: Path, snapshot: dict[str, Any]) -> None:
 def prepare_run_folder(out: Path, cfg: ParentsConfig, *, resume: bool, force: bool) -> None:
     """Create ``out`` with ``run.json`` (new run), or check it holds this configuration (resume).
 
+    ``force`` replaces only a darwin run folder (one with ``run.json``) or an empty folder, never a
+    folder that is or holds a parent: anything else is refused, so nothing the user has is lost.
+
     Raises:
         DarwinError: both or neither-but-needed of resume/force; nothing to resume.
-        OutputExistsError: ``out`` is a file, or holds a run and neither flag is given.
-        RecipeError: resuming with another configuration (naming the keys that differ).
+        OutputExistsError: ``out`` is a file, holds a run and neither flag is given, or holds
+            something that is not a run.
+        RecipeError: resuming with another configuration (naming the keys that differ); ``out``
+            is or contains a parent.
     """
     snapshot = config_snapshot(cfg)
     if resume and force:
@@ -117,7 +122,11 @@ def prepare_run_folder(out: Path, cfg: ParentsConfig, *, resume: bool, force: bo
         _check_resumable(out, snapshot)
         return
     check_output_dir(out, force=True)  # refuses a path under a file
+    refuse_input_overlap(out, {f"parent {r}": r for r in cfg.parents + ([cfg.base] if cfg.base else [])})
     if out.exists() and any(out.iterdir()):
+        if not (out / "run.json").exists():
+            raise OutputExistsError(f"{out}: exists and is not a darwin run folder (no run.json); choose another "
+                                    "output folder (--force only restarts a run)")
         if not force:
             raise OutputExistsError(f"{out}: run folder exists; pass --resume to continue it or --force to restart")
         shutil.rmtree(out)
