@@ -93,11 +93,15 @@ class RayEvaluator:
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            if address:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-            else:
-                ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count(),
-                         include_dashboard=False, logging_level=logging.WARNING)
+            try:
+                if address:
+                    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+                else:
+                    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count(),
+                             include_dashboard=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise DarwinError(f"Ray: cannot {'join ' + address if address else 'start a local instance'} "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         self.spec, self.workers = spec, workers
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
@@ -106,6 +110,9 @@ class RayEvaluator:
         self.gpu = spec.device != "cpu" and gpus >= 1
         self.device = "cuda" if self.gpu else "cpu"
         self.threads = max(1, cpus // workers)
+        # CPU share per actor: fractional when there are more workers than CPUs, so every actor can be
+        # placed (with a whole CPU each, actors beyond the CPU count would wait forever)
+        self.cpu_share = cpus / workers if cpus < workers else float(self.threads)
         try:
             self._fitness_ref = ray.put(fitness)
         except Exception as e:
@@ -122,7 +129,7 @@ class RayEvaluator:
             raise DarwinError(f"a Ray worker could not load the parents: {e}") from e
 
     def _start(self, name: str):
-        opts: dict[str, Any] = {"num_cpus": 0 if self.gpu else self.threads, "num_gpus": 1 if self.gpu else 0,
+        opts: dict[str, Any] = {"num_cpus": 0 if self.gpu else self.cpu_share, "num_gpus": 1 if self.gpu else 0,
                                 "max_restarts": 0}
         actor_cls = self._ray.remote(**opts)(_Worker)
         return actor_cls.remote(self.spec, self._fitness_ref, name, self.device, self.threads)
