@@ -49,6 +49,23 @@ class GolfRequest(BaseModel):
     trim_corpus: Optional[list[str]] = None
     device: str = "auto"
 
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        if not 1 <= len(v) <= 2:
+            raise ValueError(f"give one model, or two of one family; got {len(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError("the same model is given twice")
+        return v
+
+    @field_validator("min_context", "population", "generations")
+    @classmethod
+    def _positive(cls, v: int, info: Any) -> int:
+        least = {"min_context": 1, "population": 2, "generations": 1}[info.field_name]
+        if v < least:
+            raise ValueError(f"{info.field_name} must be >= {least}, got {v}")
+        return v
+
     @field_validator("max_params", mode="before")
     @classmethod
     def _count(cls, v: Any) -> int:
