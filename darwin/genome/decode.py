@@ -30,7 +30,7 @@ from darwin.arch.config import child_config
 from darwin.arch.mapper import ArchMap, TensorRole
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.errors import CompatibilityError, RecipeError
-from darwin.genome.registry import Decoder, get_decoder, register_decoder
+from darwin.genome.registry import Decoder, RatioRule, get_decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.kernels.seeds import tensor_seed
@@ -181,13 +181,24 @@ LAYERWISE = register_decoder(Decoder(
     description="one attention and one FFN ratio per layer"))
 
 
-def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_layers: int,
-                 r_mri: Mapping[str, float] | None) -> float:
-    """Final ratio r for one tensor: the decoder's rule, fused with MRI when given."""
+def ratio_rule(spec: GenomeSpec) -> RatioRule:
+    """The genome's per-tensor ratio rule.
+
+    Raises:
+        RecipeError: the decoder has none (it decodes through its own breeder).
+    """
     rule = get_decoder(spec.decoder).ratio_rule
     if rule is None:
         raise RecipeError(f"genome {spec.name!r}: decoder {spec.decoder!r} has no per-tensor ratio rule "
                           "(it decodes through its own breeder)")
+    return rule
+
+
+def tensor_ratio(spec: GenomeSpec, values: Mapping[str, float], slot: Slot, num_layers: int,
+                 r_mri: Mapping[str, float] | None, rule: RatioRule | None = None) -> float:
+    """Final ratio r for one tensor: the decoder's rule (``rule``, looked up when None), fused with MRI
+    when given."""
+    rule = rule or ratio_rule(spec)
     try:
         r = rule(values, slot.role, num_layers, spec.options.neutral_ratio)
     except Exception as e:  # a user's ratio rule: named, not a traceback
@@ -242,12 +253,13 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
         replay it).
     """
     check_values(spec, values, layout.num_layers)
+    rule = ratio_rule(spec)  # once per plan, not per tensor
     opt = spec.options
     lam = values["merge_method_weight"]
     dens = [values["density_a"], values["density_b"]]
     tasks, report = [], []
     for s in layout.slots:
-        r = tensor_ratio(spec, values, s, layout.num_layers, r_mri)
+        r = tensor_ratio(spec, values, s, layout.num_layers, r_mri, rule)
         a_src, b_src = Source(layout.a, s.a), Source(layout.b, s.b)
         if r < opt.transplant_low or r > opt.transplant_high:
             src = a_src if r < opt.transplant_low else b_src

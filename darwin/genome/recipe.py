@@ -24,7 +24,7 @@ from darwin.errors import RecipeError, describe_validation_error
 from darwin.genome.breeder import make_breeder, mri_prior
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
-from darwin.io.yamlfile import load_yaml_mapping
+from darwin.io.yamlfile import load_yaml_mapping, resolve_beside
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
 
@@ -62,18 +62,12 @@ class GenomeRecipe(BaseModel):
 def _resolve_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Relative parents, base and genome file that exist next to the recipe resolve against its folder
     (as mergekit recipes do); anything else (hub ids, built-in genome names) stays as written."""
-    def fix(p: Any) -> Any:
-        if not isinstance(p, str) or Path(p).is_absolute():
-            return p
-        cand = folder / p
-        return str(cand) if cand.exists() else p
-
     out = dict(data)
     if isinstance(out.get("parents"), list):
-        out["parents"] = [fix(p) for p in out["parents"]]
-    out["base"] = fix(out.get("base"))
+        out["parents"] = [resolve_beside(p, folder) for p in out["parents"]]
+    out["base"] = resolve_beside(out.get("base"), folder)
     if isinstance(out.get("genome"), str) and out["genome"].endswith((".yaml", ".yml")):
-        out["genome"] = fix(out["genome"])
+        out["genome"] = resolve_beside(out["genome"], folder)
     return out
 
 

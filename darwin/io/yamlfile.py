@@ -31,3 +31,19 @@ def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: a {what} must be a YAML mapping")
     return data
+
+
+def resolve_beside(ref: Any, folder: Path) -> Any:
+    """A relative path written in a YAML file, resolved against the file's ``folder`` when it exists
+    there; anything else (absolute paths, hub ids, built-in names, non-strings) is returned as is."""
+    if not isinstance(ref, str) or Path(ref).is_absolute():
+        return ref
+    cand = folder / ref
+    return str(cand) if cand.exists() else ref
+
+
+def absolute_if_local(ref: str) -> str:
+    """A local folder or file as an absolute path (a saved recipe then replays from any working
+    directory); a hub id as given."""
+    p = Path(ref).expanduser()
+    return str(p.resolve()) if p.exists() else ref

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from darwin.diagnosis.probe import FAMILIES
 from darwin.errors import describe_validation_error
-from darwin.io.yamlfile import load_yaml_mapping
+from darwin.io.yamlfile import load_yaml_mapping, resolve_beside
 
 
 class _Strict(BaseModel):
@@ -222,10 +222,7 @@ class ParentsConfig(_Strict):
 
 def _resolve(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     def fix(p: str | None) -> str | None:
-        if p is None or Path(p).is_absolute():
-            return p
-        cand = base_dir / p
-        return str(cand) if cand.exists() else p
+        return resolve_beside(p, base_dir)
 
     data = dict(data)
     data["parents"] = [fix(p) for p in data.get("parents") or []]

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from darwin.errors import OutputExistsError
+from darwin.io.yamlfile import absolute_if_local
 from darwin.search.config import parse_count
 from darwin.search.evolve import EvolveOptions, EvolveResult, evolve
 
@@ -165,7 +166,7 @@ def golf(req: GolfRequest, out_dir: str | Path, options: EvolveOptions | None = 
     opts = options or EvolveOptions()
     out = Path(out_dir)
     trimmed = (trimmed_parents(req, out, resume=opts.resume, force=opts.force) if req.trim_corpus
-               else TrimmedParents(parents=[_absolute(m) for m in req.models]))
+               else TrimmedParents(parents=[absolute_if_local(m) for m in req.models]))
     history = out / "history.jsonl"
     before = _stamp(history)
     try:
@@ -187,9 +188,3 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_size, st.st_mtime_ns
-
-
-def _absolute(ref: str) -> str:
-    """A local folder as an absolute path (so the run's recipe replays from any folder); hub ids as given."""
-    p = Path(ref).expanduser()
-    return str(p.resolve()) if p.exists() else ref

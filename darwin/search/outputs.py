@@ -17,6 +17,7 @@ import yaml
 
 from darwin.genome.spec import genome_ref
 from darwin.io.writer import atomic_output_dir
+from darwin.io.yamlfile import absolute_if_local
 from darwin.plan.execute import execute
 from darwin.plan.plan import MergePlan
 from darwin.plan.run import write_card, write_child
@@ -50,12 +51,6 @@ def read_lineage(folder: Path) -> dict[str, Any]:
     return {"model": str(folder)}
 
 
-def _portable(ref: str) -> str:
-    """A local parent as an absolute path (the recipe replays from any folder); a hub id as given."""
-    p = Path(ref).expanduser()
-    return str(p.resolve()) if p.exists() else ref
-
-
 def write_genome_files(ctx: RunContext, best: dict[str, Any]) -> MergePlan:
     """Write ``best_genome.yaml`` and ``recipe.yaml``; returns the best candidate's plan."""
     values = best["genes"]
@@ -64,8 +59,8 @@ def write_genome_files(ctx: RunContext, best: dict[str, Any]) -> MergePlan:
          "generation": best["generation"], "values": values}, sort_keys=False))
     plan = ctx.plan_of(values)
     b = ctx.breeder
-    recipe: dict[str, Any] = {"genome": genome_ref(ctx.spec), "parents": [_portable(p) for p in b.parents],
-                              "base": _portable(b.base) if b.base else None, "values": values,
+    recipe: dict[str, Any] = {"genome": genome_ref(ctx.spec), "parents": [absolute_if_local(p) for p in b.parents],
+                              "base": absolute_if_local(b.base) if b.base else None, "values": values,
                               "mri": ctx.r_mri, "dtype": ctx.cfg.dtype, "seed": ctx.seed,
                               **{k: plan.recipe[k] for k in ("prior", "max_params") if k in plan.recipe}}
     write_text_atomic(ctx.out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
