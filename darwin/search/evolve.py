@@ -37,7 +37,7 @@ from darwin.search.config import ParentsConfig, load_parents_config
 from darwin.search.constraints import check_context
 from darwin.search.context import RunContext
 from darwin.search.evaluator import Evaluator, LocalEvaluator
-from darwin.search.loop import search_loop
+from darwin.search.loop import best_candidate, search_loop
 from darwin.search.monitor import RunMonitor
 from darwin.search.outputs import write_outputs
 from darwin.search.priors import apply_priors
@@ -160,9 +160,9 @@ def run_search(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions) -> Ev
     hist_file = ctx.out / "history.jsonl"
     history = load_history(hist_file)
     search.replay(history, hist_file)
-    done = max((c["fitness"] for h in history for c in h["candidates"] if c.get("fitness") is not None), default=None)
+    so_far = best_candidate(history)
     with RunMonitor(ctx.out, {k: v["fitness"] for k, v in baselines.items()}, counts=(popsize, n_gen, len(history)),
-                    best=done, progress=opts.progress) as monitor:
+                    best=so_far["fitness"] if so_far else None, progress=opts.progress) as monitor:
         best = search_loop(ctx, search, evaluator, history, monitor)
     if best is None:
         errors = [c["error"] for h in history for c in h["candidates"] if c.get("error")]
