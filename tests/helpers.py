@@ -13,6 +13,7 @@ def evolve_cfg(demo: dict[str, Path], fitness: list[dict[str, Any]], population:
     """A darwin14 ``parents.yaml`` dict over the demo parents with ``fitness`` and the given budget."""
     c: dict[str, Any] = {"parents": [str(demo["parent_a"]), str(demo["parent_b"])], "genome": "darwin14",
                          "mri": {"enabled": mri}, "fitness": fitness,
-                         "search": {"population": population, "generations": generations, "sigma0": 0.5, "seed": 0}}
+                         "search": {"population": population, "generations": generations, "sigma0": 0.5, "seed": 0},
+                         "fitness_dtype": "float32"}
     c.update(extra)
     return c

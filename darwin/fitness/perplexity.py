@@ -75,13 +75,13 @@ class PerplexityFitness:
             for j, w in enumerate(chunk):
                 batch[j, : lens[j]] = w
                 mask[j, : lens[j]] = 1
-            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
             tgt = batch[:, 1:].to(device)
-            nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            m = mask[:, 1:].to(device).bool()
-            total += float(nll[m].double().sum())
-            count += int(m.sum())
+            for j, n in enumerate(lens):  # one window at a time: the float32 log-softmax is [T, V], not [B, T, V]
+                nll = torch.nn.functional.cross_entropy(logits[j, : n - 1].float(), tgt[j, : n - 1], reduction="sum")
+                total += float(nll.double())
+                count += n - 1
+            del logits
         return total, count
 
     def __call__(self, model, tokenizer) -> float:

@@ -33,6 +33,7 @@ from darwin.errors import CompatibilityError, RecipeError
 from darwin.genome.registry import Decoder, RatioRule, get_decoder, register_decoder
 from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
+from darwin.kernels.masks import COUNTER
 from darwin.kernels.seeds import tensor_seed
 from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask, copy_task
 
@@ -271,7 +272,8 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
             assert s.base is not None  # pair_layout stores the base's name in every slot when there is a base
             base_src = Source(layout.base, s.base)
         tasks.append(TensorTask(out_name=s.name, shape=s.shape, method="darwin_blend", inputs=[a_src, b_src],
-                                base=base_src, shared={"t": r, "lambda": lam, "rescale": opt.rescale},
+                                base=base_src, shared={"t": r, "lambda": lam, "rescale": opt.rescale,
+                                        "mask_rng": COUNTER},
                                 parent={"density": list(dens)},
                                 seeds=[tensor_seed(seed, s.name, 0), tensor_seed(seed, s.name, 1)],
                                 component=s.role.component, layer=s.role.layer))

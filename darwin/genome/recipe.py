@@ -9,6 +9,10 @@
     mri: {model.layers.0.mlp.up_proj.weight: 0.47, …}   # optional r_MRI per tensor
     dtype: bfloat16
     seed: 0
+    mask_rng: counter                # random-mask convention (absent: cpu_generator, see below)
+
+``mask_rng`` names how DARE masks are drawn (:mod:`darwin.kernels.masks`). Recipes written before it
+existed have no such key and used ``cpu_generator``; they still replay bit for bit.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -42,6 +46,7 @@ class GenomeRecipe(BaseModel):
     seed: int = 0
     prior: Optional[list[float]] = None       # golf: the per-layer MRI prior (ranks) used in the search
     max_params: Optional[int] = None          # golf: the parameter budget
+    mask_rng: Literal["counter", "cpu_generator"] = "cpu_generator"  # absent in recipes older than the key
 
     @field_validator("mri", "prior")
     @classmethod
@@ -109,7 +114,11 @@ def plan_genome_recipe(source: GenomeRecipe | dict[str, Any] | str | os.PathLike
         raise RecipeError(f"genome recipe: 'prior' and 'max_params' are for the golf genome, not {spec.name!r}")
     if rec.prior is not None:
         breeder.set_prior_ranks(rec.prior)
-    return breeder.decode(spec, rec.values, r_mri=rec.mri, seed=rec.seed), ckpts
+    plan = breeder.decode(spec, rec.values, r_mri=rec.mri, seed=rec.seed)
+    for task in plan.tasks:  # decoders draw counter masks; an older recipe replays its own convention
+        if "mask_rng" in task.shared:
+            task.shared["mask_rng"] = rec.mask_rng
+    return plan, ckpts
 
 
 def genome_recipe_plan(source: Any, *, seed: int | None = None) -> tuple[MergePlan, dict[str, Checkpoint]] | None:

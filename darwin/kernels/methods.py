@@ -14,10 +14,12 @@ from typing import Any, Literal, cast
 
 import torch
 
-from darwin.kernels.blend import darwin_blend
+from darwin.kernels.blend import blend_apply, blend_coefficients, blend_prepare, darwin_blend
 from darwin.kernels.linear import linear, passthrough
+from darwin.kernels.masks import COUNTER
 from darwin.kernels.model_stock import model_stock
 from darwin.kernels.slerp import nuslerp, slerp
+from darwin.kernels.streamed_family import STREAMED, family_apply
 from darwin.kernels.task_arithmetic import FAMILY, task_vector_merge
 
 #: ``shared``: one value per tensor; ``parent``: one value per tensor and non-base parent
@@ -58,6 +60,8 @@ class MethodSpec:
         min_parents, max_parents: bounds on the number of non-base parents.
         paper: citation for the docs.
         random: draws random masks (needs per-tensor seeds).
+        stream: the streamed form (genome-invariant precompute + one tiled pass per tensor), used
+            instead of ``kernel`` where :meth:`StreamKernel.applies` says so.
     """
 
     name: str
@@ -67,6 +71,7 @@ class MethodSpec:
     max_parents: int | None = None
     paper: str = ""
     random: bool = False
+    stream: StreamKernel | None = None
     kernel: Callable[..., torch.Tensor] = field(
         default=cast("Callable[..., torch.Tensor]", lambda *a, **k: None),  # placeholder: every registered spec sets one
         repr=False, compare=False)
@@ -75,6 +80,59 @@ class MethodSpec:
         """The declared parameter called ``name``, if any."""
         return next((p for p in self.params if p.name == name), None)
 
+
+@dataclass(frozen=True)
+class StreamKernel:
+    """A kernel split into its genome-invariant part and its per-candidate pass, one tensor at a time.
+
+    Attributes:
+        prepare: ``(inputs, base, shared, seeds, keep_levels) → invariants``; reads only inputs,
+            static parameters and seeds (never a float parameter), so an evolve run computes it once
+            per tensor. ``inputs`` are the N non-base parents' tensors (storage dtype).
+        apply: ``(inputs, base, invariants, shared, parent, seeds, out, tile) → out``: writes the merged tensor
+            into ``out`` (any float dtype) in one tiled pass.
+        applies: ``shared → bool``: whether this form serves a task (e.g. only ``mask_rng: counter``).
+    """
+
+    prepare: Callable[..., Any]
+    apply: Callable[..., torch.Tensor]
+    applies: Callable[[dict[str, Any]], bool]
+
+
+def _blend_prepare(xs, base, shared, seeds, keep_levels):
+    return blend_prepare(xs[0], xs[1], base, seeds, normalize_rescale(shared.get("rescale", "l1")), keep_levels)
+
+
+def _blend_apply(xs, base, inv, shared, parent, seeds, out, tile):
+    c = blend_coefficients(inv, float(shared["t"]), float(shared["lambda"]), parent["density"],
+                           normalize_rescale(shared.get("rescale", "l1")))
+    return blend_apply(xs[0], xs[1], base, inv, c, out, tile)
+
+
+class _NoInvariants:
+    """Streamed kernels whose every step depends on a float parameter keep nothing across candidates."""
+
+    def nbytes(self) -> int:
+        return 0
+
+
+def _family_stream(method: str) -> StreamKernel | None:
+    if method not in STREAMED:
+        return None
+
+    def apply(xs, base, inv, shared, parent, seeds, out, tile):
+        return family_apply(xs, base, method, weight=parent["weight"], density=parent.get("density"),
+                            lam=float(shared["lambda"]), normalize=bool(shared["normalize"]),
+                            rescale=normalize_rescale(shared.get("rescale", False)), seeds=seeds, out=out, tile=tile)
+
+    return StreamKernel(lambda xs, base, shared, seeds, keep: _NoInvariants(), apply,
+                        lambda shared: shared.get("mask_rng", COUNTER) == COUNTER)
+
+
+_BLEND_STREAM = StreamKernel(_blend_prepare, _blend_apply, lambda shared: shared.get("mask_rng", COUNTER) == COUNTER)
+_MASK_RNG = Param("mask_rng", "shared", str, COUNTER,
+                  doc="random-mask convention: counter (hash of seed and element, any device) or cpu_generator "
+                      "(what genome recipes without mask_rng were written with)")
 
 _WEIGHT = Param("weight", "parent", float, required=True, doc="per-parent weight wᵢ")
 _DENSITY = Param("density", "parent", float, 1.0, doc="fraction of task-vector elements kept ρᵢ")
@@ -95,6 +153,8 @@ def _family_params(method: str) -> tuple[Param, ...]:
     if cfg.sparsify is not None:
         ps.append(_DENSITY)
         ps.append(_rescale_param(cfg.sparsify in ("random", "della")))
+    if cfg.sparsify in ("random", "della"):
+        ps.append(_MASK_RNG)
     if cfg.sparsify == "band":
         ps.append(Param("gamma", "parent", float, 0.01, doc="fraction of largest magnitudes dropped"))
     if cfg.sparsify == "della":
@@ -119,7 +179,7 @@ def _run_family(method: str):
             x, base, method, weight=parent["weight"], density=parent.get("density"),
             lam=shared["lambda"], normalize=bool(shared["normalize"]),
             rescale=normalize_rescale(shared.get("rescale", False)), gamma=parent.get("gamma"),
-            epsilon=parent.get("epsilon"), seeds=seeds, inplace=True)
+            epsilon=parent.get("epsilon"), seeds=seeds, inplace=True, mask_rng=shared.get("mask_rng", COUNTER))
     return kernel
 
 
@@ -162,8 +222,9 @@ METHODS: dict[str, MethodSpec] = {
         "darwin_blend", (Param("t", "shared", float, required=True, doc="fraction r taken from parent B"),
                          Param("lambda", "shared", float, 1.0, doc="SLERP share λ (rest: DARE-TIES)"),
                          Param("density", "parent", float, 1.0, doc="DARE keep probability ρ"),
-                         _rescale_param(True)),
+                         _rescale_param(True), _MASK_RNG),
         base="optional", min_parents=2, max_parents=2, paper="darwin genome kernel (docs/genome.md)", random=True,
+        stream=_BLEND_STREAM,
         kernel=lambda x, base, shared, parent, seeds: darwin_blend(
             x, base, shared["t"], shared["lambda"], parent["density"], seeds,
             normalize_rescale(shared.get("rescale", "l1")))),
@@ -171,7 +232,7 @@ METHODS: dict[str, MethodSpec] = {
 for _m in FAMILY:
     METHODS[_m] = MethodSpec(_m, _family_params(_m), base="required", paper=_PAPERS[_m],
                              random=FAMILY[_m].sparsify in ("random", "della"),
-                             kernel=_run_family(_m))
+                             stream=_family_stream(_m), kernel=_run_family(_m))
 
 
 def get_method(name: str) -> MethodSpec:

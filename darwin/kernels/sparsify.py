@@ -5,8 +5,10 @@ Every function works on a batch of flattened task vectors ``delta`` of shape ``[
 same shape. Densities are ``[B, N]`` float tensors (fraction of elements kept, 0..1); pass them as float64
 so that element counts ``⌊ρ·n⌋`` match Python's arithmetic on the recipe's numbers exactly.
 
-Random masks are drawn on the CPU from a generator seeded per (tensor, parent): the same seed
-gives the same mask on every device and in every process, so a genome's fitness is reproducible.
+Random masks come from a seed per (tensor, parent): counter-based levels (``mask_rng: counter``,
+:mod:`darwin.kernels.masks`) or, for recipes written before that convention, a CPU generator
+(``cpu_generator``). Either way the same seed gives the same mask on every device and in every
+process, so a genome's fitness is reproducible.
 
 Rescale conventions after a random drop (DARE, DELLA):
 
@@ -94,8 +96,19 @@ def band_mask(delta: torch.Tensor, density: torch.Tensor, gamma: torch.Tensor) -
     return _full_or_empty(delta, density, mask)
 
 
-def _uniforms(seeds: Sequence[Sequence[int]], n: int, device: torch.device) -> torch.Tensor:
-    """``[B, N, n]`` uniforms in [0, 1) from per-(tensor, parent) CPU generators."""
+def _uniforms(seeds: Sequence[Sequence[int]], n: int, device: torch.device, mask_rng: str = "cpu_generator"
+              ) -> torch.Tensor:
+    """``[B, N, n]`` uniforms in [0, 1) per (tensor, parent) seed.
+
+    ``cpu_generator``: ``torch.rand`` from a CPU generator seeded per (tensor, parent) (copied to
+    ``device``). ``counter``: ``(level + ½)/4096`` from the counter-based levels of
+    :mod:`darwin.kernels.masks`, computed on ``device``.
+    """
+    if mask_rng == "counter":
+        from darwin.kernels.masks import MASK_LEVELS, mask_levels
+
+        lv = torch.stack([torch.stack([mask_levels(int(s), 0, n, device) for s in row]) for row in seeds])
+        return lv.float().add_(0.5).div_(MASK_LEVELS)
     out = torch.empty((len(seeds), len(seeds[0]), n), dtype=torch.float32)
     g = torch.Generator(device="cpu")
     for b, row in enumerate(seeds):
@@ -106,7 +119,7 @@ def _uniforms(seeds: Sequence[Sequence[int]], n: int, device: torch.device) -> t
 
 
 def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequence[int]],
-                rescale: str | None, inplace: bool = False) -> torch.Tensor:
+                rescale: str | None, inplace: bool = False, mask_rng: str = "cpu_generator") -> torch.Tensor:
     """DARE: keep each element with probability ρ, then rescale.
 
     Args:
@@ -115,12 +128,13 @@ def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequ
         seeds: ``B × N`` integer seeds (see :func:`darwin.kernels.seeds.tensor_seed`).
         rescale: ``"paper"`` (δ·m/ρ), ``"l1"`` (match the L1 norm) or ``None``.
         inplace: write the result into ``delta``.
+        mask_rng: ``cpu_generator`` or ``counter`` (see :func:`_uniforms`).
 
     Returns:
         ``[B, N, n]`` float32 sparsified task vectors. Source: DARE, arXiv 2311.03099.
     """
     _check_rescale(rescale)
-    u = _uniforms(seeds, delta.shape[-1], delta.device)
+    u = _uniforms(seeds, delta.shape[-1], delta.device, mask_rng)
     d = density.to(delta.dtype).unsqueeze(-1)
     mask = _full_or_empty(delta, density, u < d)
     del u
@@ -128,7 +142,8 @@ def random_drop(delta: torch.Tensor, density: torch.Tensor, seeds: Sequence[Sequ
 
 
 def della_drop(delta: torch.Tensor, density: torch.Tensor, epsilon: torch.Tensor,
-               seeds: Sequence[Sequence[int]], rescale: str | None, row_len: int) -> torch.Tensor:
+               seeds: Sequence[Sequence[int]], rescale: str | None, row_len: int,
+               mask_rng: str = "cpu_generator") -> torch.Tensor:
     """DELLA MagPrune: per row, keep probability grows linearly with magnitude rank.
 
     For each row of ``row_len`` elements, ``pᵢ = (ρ − ε) + 2ε·rank(|δᵢ|)/(row_len − 1)`` with
@@ -139,6 +154,7 @@ def della_drop(delta: torch.Tensor, density: torch.Tensor, epsilon: torch.Tensor
         density, epsilon: ``[B, N]``; requires ``0 < ρ − ε`` and ``ρ + ε <= 1``.
         seeds: ``B × N`` integer seeds.
         rescale: ``"paper"`` (divide by pᵢ), ``"l1"`` or ``None``.
+        mask_rng: ``cpu_generator`` or ``counter`` (see :func:`_uniforms`).
 
     Raises:
         ValueError: ε makes a probability leave (0, 1].
@@ -155,7 +171,7 @@ def della_drop(delta: torch.Tensor, density: torch.Tensor, epsilon: torch.Tensor
     ranks = torch.argsort(torch.argsort(rows, dim=-1), dim=-1).to(delta.dtype)
     frac = ranks / max(row_len - 1, 1)
     p = (lo.reshape(B, N, 1, 1) + 2 * epsilon.reshape(B, N, 1, 1) * frac).reshape(B, N, n)
-    u = _uniforms(seeds, n, delta.device)
+    u = _uniforms(seeds, n, delta.device, mask_rng)
     mask = _full_or_empty(delta, density, u < p)
     return apply_rescale(delta, mask, p, rescale)
 

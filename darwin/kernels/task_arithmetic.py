@@ -60,7 +60,7 @@ FAMILY = {
 def sparsify_deltas(delta: torch.Tensor, cfg: FamilyConfig, *, density: torch.Tensor,
                     gamma: torch.Tensor | None = None, epsilon: torch.Tensor | None = None,
                     seeds: Sequence[Sequence[int]] | None = None, rescale: str | None = None,
-                    row_len: int | None = None) -> torch.Tensor:
+                    row_len: int | None = None, mask_rng: str = "cpu_generator") -> torch.Tensor:
     """Apply the method's trim step to flattened task vectors ``delta`` ``[B, N, n]`` (float32).
 
     ``delta`` is overwritten (it is the caller's temporary); the result may be the same tensor.
@@ -77,10 +77,10 @@ def sparsify_deltas(delta: torch.Tensor, cfg: FamilyConfig, *, density: torch.Te
     if seeds is None:
         raise ValueError(f"{cfg.sparsify} sparsification needs per-tensor seeds")
     if cfg.sparsify == "random":
-        return sp.random_drop(delta, density, seeds, rescale, inplace=True)
+        return sp.random_drop(delta, density, seeds, rescale, inplace=True, mask_rng=mask_rng)
     if cfg.sparsify == "della":
         assert epsilon is not None  # the DELLA methods declare epsilon with a default
-        return sp.della_drop(delta, density, epsilon, seeds, rescale, row_len or delta.shape[-1])
+        return sp.della_drop(delta, density, epsilon, seeds, rescale, row_len or delta.shape[-1], mask_rng)
     raise ValueError(f"unknown sparsification {cfg.sparsify!r}")
 
 
@@ -115,7 +115,8 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
                       density: torch.Tensor | None = None, lam: torch.Tensor | None = None,
                       normalize: bool = False, rescale: str | None = None,
                       gamma: torch.Tensor | None = None, epsilon: torch.Tensor | None = None,
-                      seeds: Sequence[Sequence[int]] | None = None, inplace: bool = False) -> torch.Tensor:
+                      seeds: Sequence[Sequence[int]] | None = None, inplace: bool = False,
+                      mask_rng: str = "cpu_generator") -> torch.Tensor:
     """Merge B tensors with one method of the task-vector family.
 
     ``θ = θ₀ + λ · combine(wᵢ · sparsify(θᵢ − θ₀))`` (see the module table).
@@ -134,6 +135,7 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
         seeds: ``B × N`` seeds for random masks.
         inplace: ``x`` may be overwritten (the executor passes its own stacked copy; saves one
             tensor-sized temporary).
+        mask_rng: random-mask convention, ``cpu_generator`` or ``counter`` (:mod:`darwin.kernels.masks`).
 
     Returns:
         ``[B, *S]`` float32.
@@ -146,7 +148,7 @@ def task_vector_merge(x: torch.Tensor, base: torch.Tensor, method: str, *, weigh
         density = torch.ones((B, N), dtype=x.dtype, device=x.device)
     row_len = shape[-1] if len(shape) >= 1 else 1
     delta = sparsify_deltas(delta, cfg, density=density, gamma=gamma, epsilon=epsilon, seeds=seeds,
-                            rescale=rescale, row_len=row_len)
+                            rescale=rescale, row_len=row_len, mask_rng=mask_rng)
     mixed = elect_and_combine(delta.mul_(weight.unsqueeze(-1).to(delta.dtype)), weight, cfg.consensus, normalize)
     if lam is not None:
         mixed = mixed * lam.unsqueeze(-1)

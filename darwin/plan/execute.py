@@ -5,6 +5,11 @@ Tasks of equal method, shape, input count and static parameters are stacked into
 coefficient vectors, on CUDA when available. The batch size is bounded by a byte budget, so memory
 stays flat whatever the model size. Results are cast to the output dtype and yielded one tensor
 at a time, in plan order within each batch, to a writer or into a resident model.
+
+Methods with a streamed form (:class:`darwin.kernels.methods.StreamKernel`, e.g. the Darwin blend
+with counter-based masks) are run one tensor at a time instead: their genome-invariant part comes
+from an :class:`InvariantCache` when one is given (an evolve run keeps one for all candidates) and
+their per-candidate part is one tiled pass that writes straight into the destination tensor.
 """
 
 from __future__ import annotations
@@ -53,6 +58,78 @@ def default_batch_bytes(device: torch.device) -> int:
     return DEFAULT_BATCH_BYTES if device.type == "cuda" else CPU_BATCH_BYTES
 
 
+#: elements per tile of a streamed kernel: big enough to amortise per-op dispatch, small enough
+#: that a tile's float32 temporaries stay in the CPU's cache (measured, benchmarks/RESULTS.md)
+CPU_TILE = 1 << 19
+CUDA_TILE = 1 << 24
+
+
+def default_tile(device: torch.device) -> int:
+    """Elements per tile of a streamed kernel on ``device``."""
+    return CUDA_TILE if device.type == "cuda" else CPU_TILE
+
+
+def _stream_of(task: TensorTask):
+    spec = get_method(task.method)
+    return spec.stream if spec.stream is not None and spec.stream.applies(task.shared) else None
+
+
+def task_key(task: TensorTask) -> tuple:
+    """What a streamed kernel's invariants depend on: method, sources, seeds and static parameters."""
+    static = tuple(sorted((k, v) for k, v in task.shared.items() if not isinstance(v, float)))
+    return (task.method, tuple(task.inputs), task.base, tuple(task.seeds or ()), static)
+
+
+class InvariantCache:
+    """Genome-invariant inputs of streamed kernels (SLERP norms, mask levels, L1 tables), per task key.
+
+    One cache serves every candidate of an evolve run: a tensor's invariants are computed the first
+    time a plan needs them and reused afterwards (a transplanted tensor simply does not read them).
+
+    Args:
+        keep_levels: store each random mask's levels (2 bytes per element and sparsified parent);
+            False recomputes them per tile (cheap on GPUs, slow on CPUs; the memory plan decides).
+    """
+
+    def __init__(self, keep_levels: bool = True):
+        self.keep_levels = keep_levels
+        self._entries: dict[tuple, Any] = {}
+
+    def get(self, task: TensorTask, build: Callable[[bool], Any]) -> Any:
+        """The invariants of ``task``, built with ``build(keep_levels)`` on first use."""
+        key = task_key(task)
+        if key not in self._entries:
+            self._entries[key] = build(self.keep_levels)
+        return self._entries[key]
+
+    def nbytes(self) -> int:
+        """Bytes held by every cached entry."""
+        return sum(e.nbytes() for e in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def run_streamed(task: TensorTask, load: Callable[[str, str], torch.Tensor], out: torch.Tensor,
+                 cache: InvariantCache | None = None, tile: int | None = None) -> torch.Tensor:
+    """Merge one task with its method's streamed kernel into ``out`` (``task.shape``, contiguous).
+
+    Inputs are read in their storage dtype wherever ``load`` keeps them (device or host memory:
+    tiles are copied to ``out``'s device); invariants come from ``cache`` or are computed for this
+    call only.
+    """
+    stream = _stream_of(task)
+    assert stream is not None  # callers route only streamed tasks here
+    xs = [load(s.model, s.tensor) for s in task.inputs]
+    base = load(task.base.model, task.base.tensor) if task.base is not None else None
+
+    def build(keep_levels: bool) -> Any:
+        return stream.prepare(xs, base, task.shared, task.seeds, keep_levels)
+
+    inv = cache.get(task, build) if cache is not None else build(True)
+    return stream.apply(xs, base, inv, task.shared, task.parent, task.seeds, out, tile or default_tile(out.device))
+
+
 def _static_key(task: TensorTask) -> tuple:
     static = tuple(sorted((k, v) for k, v in task.shared.items() if not isinstance(v, float)))
     return (task.method, task.shape, len(task.inputs), task.base is not None, static)
@@ -65,8 +142,9 @@ def batches(tasks: list[TensorTask], batch_bytes: int = DEFAULT_BATCH_BYTES) -> 
     and one temporary, float32).
     """
     groups: dict[tuple, list[TensorTask]] = defaultdict(list)
-    for t in tasks:
-        groups[_static_key(t)].append(t)
+    for i, t in enumerate(tasks):
+        # a streamed task is its own group (it runs tensor by tensor, see run_streamed)
+        groups[("stream", i) if _stream_of(t) is not None else _static_key(t)].append(t)
     out: list[list[TensorTask]] = []
     for group in groups.values():
         per = (len(group[0].inputs) + 3) * group[0].numel * 4
@@ -121,7 +199,8 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
 
 def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | torch.device | None = "auto",
             batch_bytes: int | None = None, out_dtype: torch.dtype | None = None, to_cpu: bool = True,
-            on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+            on_batch: Callable[[int], None] | None = None, invariants: InvariantCache | None = None,
+            into: Mapping[str, torch.Tensor] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(child tensor name, tensor)`` for every task.
 
     Args:
@@ -133,6 +212,9 @@ def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | to
         out_dtype: result dtype (default: the plan's output dtype).
         to_cpu: move results to the CPU; otherwise they stay on the kernel device.
         on_batch: called with the number of tensors after each batch (progress bars).
+        invariants: cache of streamed kernels' genome-invariant inputs (evolve keeps one per run).
+        into: child tensor name → destination tensor on the kernel device (a resident model's
+            parameters): streamed kernels write there directly and yield that tensor.
 
     Yields tensors that may be views of a shared batch buffer: copy them (writers do) before the
     next item if they must outlive the iteration.
@@ -145,6 +227,16 @@ def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | to
         return checkpoints[model].get(name)
 
     for batch in batches(plan.tasks, batch_bytes):
+        if _stream_of(batch[0]) is not None:
+            task = batch[0]
+            dest = into.get(task.out_name) if into is not None else None
+            if dest is None or not dest.is_contiguous():
+                dest = torch.empty(task.shape, dtype=dtype, device=dev)
+            out = run_streamed(task, load, dest, invariants)
+            yield task.out_name, (out.cpu() if to_cpu and out.device.type != "cpu" else out)
+            if on_batch:
+                on_batch(1)
+            continue
         merged = merge_batch(batch, load, dev).to(dtype)
         if to_cpu and merged.device.type != "cpu":
             merged = merged.cpu()

@@ -18,8 +18,10 @@ Example::
     # optional: score candidates in parallel on Ray actors (pip install 'darwin-merge[ray]');
     # address joins a running cluster ("auto", "ray://head:10001"), else Ray starts locally
     #   search: {..., workers: 4, address: auto}
-    dtype: float32
+    dtype: float32                          # the child's storage dtype
     device: auto
+    fitness_dtype: auto                     # candidates scored in bfloat16 where native (CUDA, AVX-512-BF16/AMX)
+    placement: auto                         # parents on the device, or in host memory when they do not fit
 
 Every mapping is ``extra="forbid"``: an unknown key is an error naming it. Relative paths resolve
 against the YAML file's folder.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -210,6 +212,8 @@ class ParentsConfig(_Strict):
     search: SearchConfig
     dtype: str = "float32"
     device: str = "auto"
+    fitness_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    placement: Literal["auto", "device", "host"] = "auto"
 
     @model_validator(mode="after")
     def _check(self):

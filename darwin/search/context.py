@@ -26,6 +26,7 @@ class RunContext:
         breeder: the parents prepared for the genome's decoder.
         checkpoints: reference → opened checkpoint (parents and base).
         dtype: child storage dtype.
+        fitness_dtype: dtype of the resident model candidates are scored in.
         r_mri: tensor → MRI ratio for ``"tensor"``-prior decoders with MRI on, else None.
     """
 
@@ -35,6 +36,7 @@ class RunContext:
     breeder: Breeder
     checkpoints: dict[str, Checkpoint]
     dtype: torch.dtype
+    fitness_dtype: torch.dtype = torch.float32
     r_mri: dict[str, float] | None = None
 
     @property

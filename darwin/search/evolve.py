@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from darwin.errors import DarwinError
+from darwin.fitness.precision import resolve_fitness_dtype
 from darwin.genome.breeder import make_breeder
 from darwin.genome.decode import check_values, start_vector, vector_to_values
 from darwin.genome.spec import load_genome
@@ -100,13 +101,14 @@ def prepare(cfg: ParentsConfig, out: Path) -> RunContext:
         RecipeError, CheckpointError, CompatibilityError, DarwinError: bad input, named.
     """
     dtype = parse_dtype(cfg.dtype, "dtype")
-    resolve_device(cfg.device)
+    fitness_dtype = resolve_fitness_dtype(cfg.fitness_dtype, resolve_device(cfg.device))
     refs = cfg.parents + ([cfg.base] if cfg.base else [])
     ckpts = {r: Checkpoint(r) for r in refs}
     spec = load_genome(cfg.genome)
     breeder = make_breeder(spec, ckpts, cfg.parents, cfg.base, dtype, cfg.search.constraints.max_params)
     check_values(spec, {g.name: g.start for g in spec.expand(breeder.num_layers)}, breeder.num_layers)
-    return RunContext(cfg=cfg, out=out, spec=spec, breeder=breeder, checkpoints=ckpts, dtype=dtype)
+    return RunContext(cfg=cfg, out=out, spec=spec, breeder=breeder, checkpoints=ckpts, dtype=dtype,
+                      fitness_dtype=fitness_dtype)
 
 
 def check_start(ctx: RunContext) -> None:
@@ -121,8 +123,8 @@ def check_start(ctx: RunContext) -> None:
 def make_evaluator(ctx: RunContext, fitness: Any, workers: int, address: str | None) -> Evaluator:
     """The in-process evaluator, or Ray actors when ``workers > 1`` or an address is given."""
     b = ctx.breeder
-    rspec = ResidentSpec({r: str(c.path) for r, c in ctx.checkpoints.items()}, b.a, ctx.dtype, ctx.cfg.device,
-                         b.needed())
+    rspec = ResidentSpec({r: str(c.path) for r, c in ctx.checkpoints.items()}, b.a, ctx.fitness_dtype, ctx.cfg.device,
+                         b.needed(), ctx.cfg.placement)
     if workers == 1 and not address:
         return LocalEvaluator(rspec, fitness)
     from darwin.search.ray_pool import RayEvaluator

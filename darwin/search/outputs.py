@@ -18,6 +18,7 @@ import yaml
 from darwin.genome.spec import genome_ref
 from darwin.io.writer import atomic_output_dir
 from darwin.io.yamlfile import absolute_if_local
+from darwin.kernels.masks import COUNTER
 from darwin.plan.execute import execute
 from darwin.plan.plan import MergePlan
 from darwin.plan.run import write_card, write_child
@@ -62,6 +63,7 @@ def write_genome_files(ctx: RunContext, best: dict[str, Any]) -> MergePlan:
     recipe: dict[str, Any] = {"genome": genome_ref(ctx.spec), "parents": [absolute_if_local(p) for p in b.parents],
                               "base": absolute_if_local(b.base) if b.base else None, "values": values,
                               "mri": ctx.r_mri, "dtype": ctx.cfg.dtype, "seed": ctx.seed,
+                              "mask_rng": COUNTER,
                               **{k: plan.recipe[k] for k in ("prior", "max_params") if k in plan.recipe}}
     write_text_atomic(ctx.out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     return plan

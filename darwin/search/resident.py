@@ -7,6 +7,7 @@ model (``copy_``): no disk I/O per candidate and no model re-instantiation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 from darwin.errors import CompatibilityError
 from darwin.io.checkpoint import Checkpoint
-from darwin.plan.execute import execute, resolve_device
+from darwin.plan.execute import InvariantCache, execute, resolve_device
 from darwin.plan.plan import MergePlan
 
 
@@ -74,6 +75,46 @@ def _check_covered(plan: MergePlan, model) -> None:
         seen.add(id(p))
 
 
+def _placed(t: torch.Tensor, home: torch.device, pin: bool) -> torch.Tensor:
+    t = t.to(home)
+    return t.pin_memory() if pin else t
+
+
+def memory_estimate(checkpoints: Mapping[str, Checkpoint], names: Mapping[str, list[str]],
+                    child_dtype: torch.dtype) -> dict[str, int]:
+    """Bytes an in-memory evolve run holds (docs/scaling.md): parents in their storage dtype, the
+    invariants (mask levels: 2 bytes per element of each of two sparsified parents, the upper
+    bound of the Darwin blend with a base) and the resident child."""
+    parents = sum(ck.meta[n].nbytes for ref, ck in checkpoints.items() for n in names[ref])
+    ref0 = next(iter(checkpoints))
+    elements = sum(math.prod(checkpoints[ref0].meta[n].shape) for n in names[ref0])
+    return {"parents": parents, "invariants": 2 * 2 * elements, "child": elements * child_dtype.itemsize}
+
+
+def choose_placement(placement: str, device: torch.device, estimate: Mapping[str, int], keep_levels: bool
+                     ) -> tuple[str, bool]:
+    """``(placement, keep_levels)`` for a run: ``auto`` keeps everything on the device when it fits
+    with a 25 % margin for activations, else drops the stored mask levels (recomputed per tile),
+    else keeps parents and invariants in host memory. On a CPU the device is the host: ``device``.
+
+    Raises:
+        DarwinError: an unknown placement.
+    """
+    from darwin.errors import DarwinError
+
+    if placement not in ("auto", "device", "host"):
+        raise DarwinError(f"placement must be auto, device or host, got {placement!r}")
+    if placement != "auto":
+        return placement, keep_levels
+    if device.type != "cuda":
+        return "device", keep_levels
+    free = torch.cuda.mem_get_info(device)[0] / 1.25
+    core = estimate["parents"] + estimate["child"]
+    if core + (estimate["invariants"] if keep_levels else 0) <= free:
+        return "device", keep_levels
+    return ("device", False) if core <= free else ("host", keep_levels)
+
+
 class ResidentModel:
     """Parents in memory plus one resident model that candidates are written into.
 
@@ -83,20 +124,29 @@ class ResidentModel:
         dtype: resident model dtype (child tensors are cast to it).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``…
         tensors: restrict the resident parent tensors to these names per parent (default: all).
+        keep_levels: keep random masks' levels across candidates (see :class:`InvariantCache`).
+        placement: where parents and invariants live: ``"device"`` (next to the child), ``"host"``
+            (host memory, pinned for CUDA; each tensor streams to the device when merged) or
+            ``"auto"`` (:func:`choose_placement` from the memory estimate).
     """
 
     def __init__(self, checkpoints: Mapping[str, Checkpoint], model_ref: str, *, dtype: torch.dtype = torch.float32,
-                 device: str = "auto", tensors: Mapping[str, list[str]] | None = None):
+                 device: str = "auto", tensors: Mapping[str, list[str]] | None = None, keep_levels: bool = True,
+                 placement: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = resolve_device(device)
         self.dtype = dtype
         self.parents: dict[str, dict[str, torch.Tensor]] = {}
+        names_of = {ref: (tensors[ref] if tensors is not None else ck.tensor_names) for ref, ck in checkpoints.items()}
+        self.estimate = memory_estimate(checkpoints, names_of, dtype)
+        self.placement, keep_levels = choose_placement(placement, self.device, self.estimate, keep_levels)
+        home = self.device if self.placement == "device" else torch.device("cpu")
+        pin = self.placement == "host" and self.device.type == "cuda"
         for ref, ck in checkpoints.items():
-            names = tensors[ref] if tensors is not None else ck.tensor_names
             # storage dtype: half the memory and bandwidth of float32 for bf16/fp16 parents; the
-            # executor widens into its float32 batch anyway
-            self.parents[ref] = {n: ck.get(n).to(self.device) for n in names}
+            # kernels widen tile by tile
+            self.parents[ref] = {n: _placed(ck.get(n), home, pin) for n in names_of[ref]}
         path = checkpoints[model_ref].path
         # transformers stubs type from_pretrained(...).to as a decorator wrapper (wants a model)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()  # type: ignore[arg-type]
@@ -105,6 +155,7 @@ class ResidentModel:
         self.tokenizer = AutoTokenizer.from_pretrained(path) if has_tok else None
         self.state = self.model.state_dict(keep_vars=True)
         self._arch: str | None = None  # config of the current model once a plan has set it
+        self.invariants = InvariantCache(keep_levels=keep_levels)
 
     def check_plan(self, plan: MergePlan) -> None:
         """Every child tensor of ``plan`` exists in the resident model with the same shape.
@@ -148,8 +199,15 @@ class ResidentModel:
         """Merge ``plan`` from the resident parents into the resident model's parameters."""
         self._ensure_architecture(plan)
         for name, tensor in execute(plan, self.parents, device=self.device, batch_bytes=batch_bytes,
-                                    out_dtype=self.dtype, to_cpu=False):
-            self.state[name].copy_(tensor)
+                                    out_dtype=self.dtype, to_cpu=False, invariants=self.invariants,
+                                    into=self.state):
+            param = self.state[name]
+            if tensor is not param:  # streamed kernels wrote into the parameter already
+                param.copy_(tensor)
+
+    def invariant_bytes(self) -> int:
+        """Bytes held by the genome-invariant precompute (mask levels, L1 tables) so far."""
+        return self.invariants.nbytes()
 
     def score(self, plan: MergePlan, fitness) -> Any:
         """Load ``plan`` and return ``fitness(model, tokenizer)``."""
@@ -167,6 +225,7 @@ class ResidentSpec:
         dtype: resident model dtype.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
         tensors: parent reference → tensor names to keep resident (None: all).
+        placement: ``auto``, ``device`` or ``host`` (see :class:`ResidentModel`).
     """
 
     paths: dict[str, str]
@@ -174,9 +233,10 @@ class ResidentSpec:
     dtype: torch.dtype
     device: str
     tensors: dict[str, list[str]] | None = None
+    placement: str = "auto"
 
     def build(self, device: str | None = None) -> ResidentModel:
         """Open the checkpoints and load the resident model (on ``device`` if given)."""
         ckpts = {ref: Checkpoint(path) for ref, path in self.paths.items()}
         return ResidentModel(ckpts, self.model_ref, dtype=self.dtype, device=device or self.device,
-                             tensors=self.tensors)
+                             tensors=self.tensors, placement=self.placement)
