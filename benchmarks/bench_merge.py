@@ -101,6 +101,34 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, rss_kb / 2**20
 
 
+FLOOR = """
+import sys, tempfile, torch
+from pathlib import Path
+from darwin.plan.run import plan_recipe, write_child
+plan, ck = plan_recipe(open(sys.argv[1]).read())
+buf = {}
+def tensors():
+    for t in plan.tasks:  # read every input (same Checkpoint path), no arithmetic; write the base's bytes
+        srcs = list(t.inputs) + ([t.base] if t.base is not None else [])
+        for s in srcs:
+            x = ck[s.model].get(s.tensor)
+            b = buf.setdefault((x.shape, x.dtype), torch.empty_like(x))
+            b.copy_(x)
+        yield t.out_name, b.to(plan.out_dtype)
+write_child(plan, tensors(), Path(sys.argv[2]), ck, max_shard_bytes=5 * 10**9)
+"""
+
+
+def floor(rpath: Path, out: Path) -> tuple[float, float]:
+    """The bandwidth floor: a fresh process reads every input and writes a child through darwin's I/O path."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        return timed([sys.executable, "-c", FLOOR, str(rpath), str(out)])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def kernel_batching(folders: list[Path]) -> dict[str, float]:
     """darwin batched vs one tensor per kernel call, in this process (merge only, no writing)."""
     import darwin  # noqa: F401
@@ -137,6 +165,7 @@ def main() -> None:
                 [str(VENV_BIN / "mergekit-yaml"), str(rpath), str(out)]
             rows[tool].append(timed(cmd))
             shutil.rmtree(out, ignore_errors=True)
+    rows["floor"] = [floor(rpath, args.work / "out-floor") for _ in range(args.repeat)]
     best = {k: (min(w for w, _ in v), max(r for _, r in v)) for k, v in rows.items()}
     kb = kernel_batching(folders)
     result = {
@@ -147,6 +176,8 @@ def main() -> None:
         "darwin_wall_s": round(best["darwin"][0], 2), "darwin_peak_rss_gib": round(best["darwin"][1], 2),
         "mergekit_wall_s": round(best["mergekit"][0], 2), "mergekit_peak_rss_gib": round(best["mergekit"][1], 2),
         "wall_ratio_darwin_over_mergekit": round(best["darwin"][0] / best["mergekit"][0], 3),
+        "floor_wall_s": round(best["floor"][0], 2),
+        "wall_ratio_darwin_over_floor": round(best["darwin"][0] / best["floor"][0], 3),
         "rss_ratio_darwin_over_mergekit": round(best["darwin"][1] / best["mergekit"][1], 3),
         "darwin_merge_only_s": {k: round(v, 2) for k, v in kb.items()},
         "speedup_default_vs_one_per_call": round(kb["one_per_call"] / kb["batched_default"], 3),

@@ -176,7 +176,8 @@ FITNESS_FILE = Path(__file__).parent / "data" / "fitness_fns.py"
 def _evolve_cfg(a, b, genome, population=4, generations=2, mri=True):
     return {"parents": [str(a), str(b)], "genome": genome, "mri": {"enabled": mri},
             "fitness": [{"python": f"{FITNESS_FILE}:nll_fixed_ids"}],
-            "search": {"population": population, "generations": generations, "sigma0": 1.0, "seed": 0}}
+            "search": {"population": population, "generations": generations, "sigma0": 1.0, "seed": 0},
+            "fitness_dtype": "float32"}  # the child (float32) must score what its candidate scored
 
 
 def test_evolve_crossover_genome_and_replay(pair, tmp_path):

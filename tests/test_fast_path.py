@@ -6,6 +6,7 @@ elect_and_combine) applied to masks built from the same levels, or formulas writ
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -225,18 +226,21 @@ def test_host_placement_gives_the_same_bits(demo):
 
     ck, a, plans = _genome_plans(demo, n=2)
     on_dev = ResidentModel(ck, a, dtype=torch.float32, device="cpu", placement="device")
-    on_host = ResidentModel(ck, a, dtype=torch.float32, device="cpu", placement="host", keep_levels=False)
+    on_host = ResidentModel(ck, a, dtype=torch.float32, device="cpu", placement="host")
+    lean = ResidentModel(ck, a, dtype=torch.float32, device="cpu", placement="device_lean")
     assert on_host.placement == "host" and on_host.estimate["parents"] > 0
     for p in plans:
-        on_dev.load_plan(p)
-        on_host.load_plan(p)
-        for (n, x), y in zip(on_dev.model.state_dict().items(), on_host.model.state_dict().values()):
-            assert torch.equal(x, y), n
-    assert choose_placement("auto", torch.device("cpu"), on_dev.estimate, True) == ("device", True)
+        for r in (on_dev, on_host, lean):
+            r.load_plan(p)
+        for (n, x), y, z in zip(on_dev.model.state_dict().items(), on_host.model.state_dict().values(),
+                                lean.model.state_dict().values()):
+            assert torch.equal(x, y) and torch.equal(x, z), n
+    assert lean.invariant_bytes() < on_dev.invariant_bytes()
+    assert choose_placement("auto", torch.device("cpu"), on_dev.estimate) == "device"
     from darwin.errors import DarwinError
 
     with pytest.raises(DarwinError, match="placement"):
-        choose_placement("gpu", torch.device("cpu"), on_dev.estimate, True)
+        choose_placement("gpu", torch.device("cpu"), on_dev.estimate)
 
 
 def test_fitness_dtype_resolution():
@@ -273,3 +277,21 @@ def test_streamed_ties_matches_batched_kernel():
             out = family_apply(xs, base, method, weight=w, density=dens, lam=0.8, normalize=normalize, rescale=None,
                                seeds=None, out=torch.empty(n), tile=999)
             assert torch.allclose(out, ref, atol=1e-7), (method, normalize)
+
+
+def test_evolve_scores_in_bfloat16_when_asked(demo, tmp_path):
+    """fitness_dtype: bfloat16 scores candidates on a bf16 resident model: the best candidate's
+    recorded fitness is the bf16 child's score; the float32 child stays the plan's bits."""
+    from helpers import FITNESS_FILE, evolve_cfg
+    from transformers import AutoModelForCausalLM
+
+    import darwin
+    from darwin.fitness.python import load_callable
+
+    cfg = evolve_cfg(demo, [{"python": f"{FITNESS_FILE}:nll_fixed_ids"}], population=4, generations=2)
+    cfg["fitness_dtype"] = "bfloat16"
+    res = darwin.evolve(cfg, tmp_path / "run", progress=False)
+    fit = load_callable(f"{FITNESS_FILE}:nll_fixed_ids")
+    child = AutoModelForCausalLM.from_pretrained(res.child_dir, dtype=torch.bfloat16).eval()
+    assert fit(child, None) == pytest.approx(res.best["fitness"], abs=1e-6)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["fitness_dtype"] == "bfloat16"

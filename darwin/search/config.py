@@ -213,7 +213,7 @@ class ParentsConfig(_Strict):
     dtype: str = "float32"
     device: str = "auto"
     fitness_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    placement: Literal["auto", "device", "host"] = "auto"
+    placement: Literal["auto", "device", "device_lean", "host"] = "auto"
 
     @model_validator(mode="after")
     def _check(self):

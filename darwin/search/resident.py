@@ -91,28 +91,31 @@ def memory_estimate(checkpoints: Mapping[str, Checkpoint], names: Mapping[str, l
     return {"parents": parents, "invariants": 2 * 2 * elements, "child": elements * child_dtype.itemsize}
 
 
-def choose_placement(placement: str, device: torch.device, estimate: Mapping[str, int], keep_levels: bool
-                     ) -> tuple[str, bool]:
-    """``(placement, keep_levels)`` for a run: ``auto`` keeps everything on the device when it fits
-    with a 25 % margin for activations, else drops the stored mask levels (recomputed per tile),
-    else keeps parents and invariants in host memory. On a CPU the device is the host: ``device``.
+PLACEMENTS = ("auto", "device", "device_lean", "host")
+
+
+def choose_placement(placement: str, device: torch.device, estimate: Mapping[str, int]) -> str:
+    """The placement of a run: ``auto`` keeps everything on the device when it fits with a 25 %
+    margin for tiles and activations (``device``), else drops the stored mask levels
+    (``device_lean``: recomputed per tile), else keeps the parents in host memory (``host``).
+    On a CPU the device is the host: ``device``.
 
     Raises:
         DarwinError: an unknown placement.
     """
     from darwin.errors import DarwinError
 
-    if placement not in ("auto", "device", "host"):
-        raise DarwinError(f"placement must be auto, device or host, got {placement!r}")
+    if placement not in PLACEMENTS:
+        raise DarwinError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     if placement != "auto":
-        return placement, keep_levels
+        return placement
     if device.type != "cuda":
-        return "device", keep_levels
+        return "device"
     free = torch.cuda.mem_get_info(device)[0] / 1.25
     core = estimate["parents"] + estimate["child"]
-    if core + (estimate["invariants"] if keep_levels else 0) <= free:
-        return "device", keep_levels
-    return ("device", False) if core <= free else ("host", keep_levels)
+    if core + estimate["invariants"] <= free:
+        return "device"
+    return "device_lean" if core <= free else "host"
 
 
 class ResidentModel:
@@ -124,15 +127,14 @@ class ResidentModel:
         dtype: resident model dtype (child tensors are cast to it).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``…
         tensors: restrict the resident parent tensors to these names per parent (default: all).
-        keep_levels: keep random masks' levels across candidates (see :class:`InvariantCache`).
-        placement: where parents and invariants live: ``"device"`` (next to the child), ``"host"``
-            (host memory, pinned for CUDA; each tensor streams to the device when merged) or
-            ``"auto"`` (:func:`choose_placement` from the memory estimate).
+        placement: where parents and invariants live: ``"device"`` (next to the child, mask levels
+            stored), ``"device_lean"`` (same, levels recomputed per tile), ``"host"`` (host memory,
+            pinned for CUDA; each tensor streams to the device when merged; levels recomputed on
+            a CUDA device) or ``"auto"`` (:func:`choose_placement` from the memory estimate).
     """
 
     def __init__(self, checkpoints: Mapping[str, Checkpoint], model_ref: str, *, dtype: torch.dtype = torch.float32,
-                 device: str = "auto", tensors: Mapping[str, list[str]] | None = None, keep_levels: bool = True,
-                 placement: str = "auto"):
+                 device: str = "auto", tensors: Mapping[str, list[str]] | None = None, placement: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = resolve_device(device)
@@ -140,8 +142,9 @@ class ResidentModel:
         self.parents: dict[str, dict[str, torch.Tensor]] = {}
         names_of = {ref: (tensors[ref] if tensors is not None else ck.tensor_names) for ref, ck in checkpoints.items()}
         self.estimate = memory_estimate(checkpoints, names_of, dtype)
-        self.placement, keep_levels = choose_placement(placement, self.device, self.estimate, keep_levels)
-        home = self.device if self.placement == "device" else torch.device("cpu")
+        self.placement = choose_placement(placement, self.device, self.estimate)
+        keep_levels = self.placement == "device" or (self.placement == "host" and self.device.type != "cuda")
+        home = torch.device("cpu") if self.placement == "host" else self.device
         pin = self.placement == "host" and self.device.type == "cuda"
         for ref, ck in checkpoints.items():
             # storage dtype: half the memory and bandwidth of float32 for bf16/fp16 parents; the
@@ -225,7 +228,7 @@ class ResidentSpec:
         dtype: resident model dtype.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
         tensors: parent reference → tensor names to keep resident (None: all).
-        placement: ``auto``, ``device`` or ``host`` (see :class:`ResidentModel`).
+        placement: ``auto``, ``device``, ``device_lean`` or ``host`` (see :class:`ResidentModel`).
     """
 
     paths: dict[str, str]

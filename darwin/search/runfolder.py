@@ -84,6 +84,7 @@ def config_snapshot(cfg: ParentsConfig) -> dict[str, Any]:
     snap = json.loads(cfg.model_dump_json())
     for key in PLACEMENT_KEYS:
         snap["search"].pop(key, None)
+    snap.pop("placement", None)
     return snap
 
 
@@ -94,6 +95,8 @@ def _check_resumable(out: Path, snapshot: dict[str, Any]) -> None:
     old = json.loads(run_file.read_text())
     for key in PLACEMENT_KEYS:
         old.get("search", {}).pop(key, None)
+    old.pop("placement", None)
+    old.setdefault("fitness_dtype", "float32")  # runs started before the key scored in float32
     if old != snapshot:
         keys = sorted(k for k in set(old) | set(snapshot) if old.get(k) != snapshot.get(k))
         raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with "
