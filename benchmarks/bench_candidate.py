@@ -12,6 +12,7 @@ is summarised by a checksum so that the two trees' children can be compared.
 Usage::
 
     .venv/bin/python benchmarks/bench_candidate.py [--base REV] [--scale smollm2] [--candidates 8] [--rounds 2]
+        [--resident-dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def parents(scale: str, work: Path) -> tuple[str, str, str]:
     return str(folders[0]), str(folders[1]), str(folders[2])
 
 
-def worker(scale: str, work: Path, n: int) -> dict:
+def worker(scale: str, work: Path, n: int, resident_dtype: str = "float32") -> dict:
     """Merge ``n`` darwin14 candidates into one resident model; per-candidate seconds and checksums."""
     import torch
 
@@ -60,7 +61,7 @@ def worker(scale: str, work: Path, n: int) -> dict:
     xs = [[xi + 0.5 * float(torch.randn(1, generator=g)) for xi in x0] for _ in range(n)]
     plans = [decode(spec, vector_to_values(spec, x, layout.num_layers), layout) for x in xs]
     t0 = time.perf_counter()
-    res = ResidentModel(ck, a, dtype=torch.float32, device="cpu")
+    res = ResidentModel(ck, a, dtype=getattr(torch, resident_dtype), device="cpu")
     setup = time.perf_counter() - t0
     secs, sums = [], []
     for p in plans:
@@ -77,7 +78,7 @@ def run_tree(tree: Path, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{HERE}", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "error"}
     cmd = [sys.executable, str(HERE / "bench_candidate.py"), "--worker", "--scale", args.scale,
-           "--candidates", str(args.candidates), "--work", str(args.work)]
+           "--candidates", str(args.candidates), "--work", str(args.work), "--resident-dtype", args.resident_dtype]
     out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -89,11 +90,13 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "commits")
+    ap.add_argument("--resident-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="dtype of the resident model the candidates are written into")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        print(json.dumps(worker(args.scale, args.work, args.candidates)))
+        print(json.dumps(worker(args.scale, args.work, args.candidates, args.resident_dtype)))
         return
     from bench_commits import export
 
@@ -104,7 +107,8 @@ def main() -> None:
     for r in range(args.rounds):
         for name in (list(trees) if r % 2 == 0 else list(reversed(trees))):
             runs[name].append(run_tree(trees[name], args))
-    report: dict = {"scale": args.scale, "candidates": args.candidates, "rounds": args.rounds}
+    report: dict = {"scale": args.scale, "candidates": args.candidates, "rounds": args.rounds,
+                    "resident_dtype": args.resident_dtype}
     for name, rs in runs.items():
         report[name] = {"median_candidate_s": round(statistics.median(s for x in rs for s in x["seconds"]), 4),
                         "first_candidate_s": round(statistics.median(x["first_s"] for x in rs), 3),

@@ -8,9 +8,12 @@ whole run. The base commit is exported with ``git archive`` into the work folder
 ``PYTHONPATH``; both use this checkout's virtualenv.
 
 Scales: ``tiny`` (demo models, hidden 32: the loop's own overhead dominates) and ``smollm2``
-(synthetic SmolLM2-135M-shaped bf16 parents of bench_merge.py: the merge dominates). The fitness is
-the mean NLL of a fixed 256-token sequence (one forward pass). The histories of both commits must
-be identical (same genomes, same fitness); the script checks it.
+(synthetic SmolLM2-135M-shaped bf16 parents of bench_merge.py: the merge dominates), both with
+the mean NLL of a fixed 256-token sequence as fitness (one forward pass), and ``demo``: the
+SmolLM2 example's real parents, base and search fitness (perplexity on 2 × 1024 tokens; MRI off,
+4 × 2 candidates), each commit with its own defaults (this checkout scores in bf16 where the CPU
+runs it natively). The script reports whether the histories' fitness values are identical and
+their largest difference.
 
 Usage::
 
@@ -56,6 +59,18 @@ def export(rev: str, dest: Path) -> Path:
     return dest
 
 
+def demo_config(population: int, generations: int) -> dict:
+    """The SmolLM2 example's parents.yaml with absolute cache paths, MRI off, a small budget."""
+    import yaml
+
+    cache = Path(os.environ.get("DARWIN_CACHE", REPO / ".cache"))
+    text = (REPO / "examples" / "smollm2-bible-code" / "parents.yaml").read_text().replace("../../.cache", str(cache))
+    cfg = yaml.safe_load(text)
+    cfg["mri"] = {"enabled": False}
+    cfg["search"].update(population=population, generations=generations)
+    return cfg
+
+
 def parents(scale: str, work: Path) -> tuple[str, str]:
     if scale == "tiny":
         from darwin.demo import build_demo_models
@@ -87,12 +102,15 @@ def one_run(tree: Path, cfg_file: Path, out: Path) -> dict:
 
 
 def bench(scale: str, base: Path, work: Path, rounds: int) -> dict:
-    a, b = parents(scale, work)
-    fit = work / "fitness_fixed_nll.py"
-    fit.write_text(FITNESS)
     pop, gens = (10, 20) if scale == "tiny" else (4, 2)
     cfg_file = work / f"parents-{scale}.json"
-    cfg_file.write_text(json.dumps(config(a, b, fit, pop, gens)))
+    if scale == "demo":
+        cfg_file.write_text(json.dumps(demo_config(pop, gens)))
+    else:
+        a, b = parents(scale, work)
+        fit = work / "fitness_fixed_nll.py"
+        fit.write_text(FITNESS)
+        cfg_file.write_text(json.dumps(config(a, b, fit, pop, gens)))
     trees = {"base": base, "this checkout": REPO}
     runs: dict[str, list[dict]] = {k: [] for k in trees}
     for r in range(rounds):
@@ -100,6 +118,7 @@ def bench(scale: str, base: Path, work: Path, rounds: int) -> dict:
         for name in order:
             runs[name].append(one_run(trees[name], cfg_file, work / f"run-{scale}-{name.replace(' ', '_')}"))
     same = runs["base"][0]["fitness"] == runs["this checkout"][0]["fitness"]
+    diff = max(abs(x - y) for x, y in zip(runs["base"][0]["fitness"], runs["this checkout"][0]["fitness"]))
     med = {k: statistics.median(x["median_candidate_s"] for x in v) for k, v in runs.items()}
     wall = {k: statistics.median(x["wall_s"] for x in v) for k, v in runs.items()}
     return {"scale": scale, "candidates": pop * gens, "rounds": rounds,
@@ -107,13 +126,13 @@ def bench(scale: str, base: Path, work: Path, rounds: int) -> dict:
             "wall_s": {k: round(v, 2) for k, v in wall.items()},
             "candidate_ratio_new_over_base": round(med["this checkout"] / med["base"], 3),
             "wall_ratio_new_over_base": round(wall["this checkout"] / wall["base"], 3),
-            "identical_fitness": same}
+            "identical_fitness": same, "max_fitness_difference": diff}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="commit to compare against (e.g. the previous one)")
-    ap.add_argument("--scale", choices=["tiny", "smollm2", "both"], default="both")
+    ap.add_argument("--scale", choices=["tiny", "smollm2", "demo", "both"], default="both")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "commits")
     args = ap.parse_args()

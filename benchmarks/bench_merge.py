@@ -114,7 +114,7 @@ def tensors():
             x = ck[s.model].get(s.tensor)
             b = buf.setdefault((x.shape, x.dtype), torch.empty_like(x))
             b.copy_(x)
-        yield t.out_name, b.to(plan.out_dtype)
+        yield t.out_name, b.to(plan.out_dtype, copy=True)  # a fresh output tensor, as a merge yields
 write_child(plan, tensors(), Path(sys.argv[2]), ck, max_shard_bytes=5 * 10**9)
 """
 

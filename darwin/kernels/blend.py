@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from darwin.kernels.reduce import fixed_order_sum
+from darwin.kernels.reduce import fixed_order_sum, tiles
 from darwin.kernels.slerp import slerp
 from darwin.kernels.sparsify import random_drop
 from darwin.kernels.task_arithmetic import task_vector_merge
@@ -99,10 +99,6 @@ class BlendInvariants:
         return sum(t.numel() * t.element_size() for t in (self.levels, self.l1) if t is not None)
 
 
-def _tiles(n: int, tile: int):
-    return ((i, min(i + tile, n)) for i in range(0, n, tile))
-
-
 def blend_prepare(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None, seeds: Sequence[int],
                   rescale: str | None, keep_levels: bool = True) -> BlendInvariants:
     """Genome-invariant part of :func:`blend_apply` for one tensor.
@@ -127,7 +123,7 @@ def blend_prepare(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None, s
     levels = torch.empty((len(sparse), n), dtype=torch.int16, device=dev) if keep_levels else None
     l1 = torch.zeros((len(sparse), MASK_LEVELS), dtype=torch.float64, device=dev) if rescale == "l1" else None
     na = nb = dot = 0.0
-    for lo, hi in _tiles(n, REDUCE_TILE):
+    for lo, hi in tiles(n, REDUCE_TILE):
         ta, tb = fa[lo:hi].float(), fb[lo:hi].float()
         na += fixed_order_sum(ta * ta)
         nb += fixed_order_sum(tb * tb)
@@ -222,8 +218,7 @@ def _kept(src: torch.Tensor, t0: torch.Tensor, lv: torch.Tensor, q: int, k: floa
           m: torch.Tensor) -> torch.Tensor:
     """``d ← k·[lv < q]·(src − t0)`` (float32 tiles; lv int16): the DARE-kept, rescaled, weighted task vector."""
     torch.sub(src, t0, out=d)
-    torch.sub(lv, q, out=m).clamp_(-1.0, 0.0)  # −1 where lv < q, else 0
-    return d.mul_(m.mul_(-k))
+    return d.mul_(torch.lt(lv, q, out=m)).mul_(k)  # lt writes 1.0 / 0.0 straight into the float tile
 
 
 def _tile_levels(inv: BlendInvariants, p: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
@@ -263,7 +258,7 @@ def blend_apply(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None, inv
     n = fo.numel()
     ca, cb = c.slerp
     buf = _TileBuffers(min(tile, n), dev, 6)
-    for lo, hi in _tiles(n, tile):
+    for lo, hi in tiles(n, tile):
         ta, tb, tt, d1, d2, m = buf.take(hi - lo)
         ta.copy_(fa[lo:hi], non_blocking=True)
         tb.copy_(fb[lo:hi], non_blocking=True)

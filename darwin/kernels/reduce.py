@@ -1,4 +1,4 @@
-"""Sums whose rounding does not depend on the number of threads.
+"""Tiling helpers of the streamed kernels, and sums whose rounding does not depend on the thread count.
 
 A plain ``tensor.sum()`` over a long vector splits the work between intra-op threads, so its
 float rounding changes with the thread count (an evolve run in-process with 2 threads vs a Ray
@@ -9,9 +9,16 @@ fixed order), and the row sums, fewer than the parallel grain, are summed in one
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 _ROW = 1024
+
+
+def tiles(n: int, tile: int) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` bounds of consecutive tiles of at most ``tile`` elements covering ``0 … n − 1``."""
+    return ((i, min(i + tile, n)) for i in range(0, n, tile))
 
 
 def fixed_order_sum(x: torch.Tensor) -> float:

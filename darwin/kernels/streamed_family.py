@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from darwin.kernels.masks import MASK_LEVELS, keep_level, mask_levels
-from darwin.kernels.reduce import fixed_order_sum
+from darwin.kernels.reduce import fixed_order_sum, tiles
 from darwin.kernels.task_arithmetic import FAMILY
 
 #: methods with a streamed form here (the others keep the batched kernel)
@@ -33,10 +33,6 @@ _EPS_W = 1e-8  # as task_arithmetic._EPS
 _L1_EPS = 1e-7  # as sparsify._l1_match
 _HI = 16  # radix split: the top 16 bits below the (zero) sign bit, then the rest
 _SHIFT = 31 - _HI
-
-
-def _tiles(n: int, tile: int):
-    return ((i, min(i + tile, n)) for i in range(0, n, tile))
 
 
 def _delta(x: torch.Tensor, t0: torch.Tensor, lo: int, hi: int, buf: torch.Tensor) -> torch.Tensor:
@@ -55,7 +51,7 @@ def kth_largest_abs(x: torch.Tensor, base: torch.Tensor, k: int, tile: int) -> f
     n, dev = x.numel(), x.device
     mag = torch.empty(n, dtype=torch.float32, device=dev)
     t0 = torch.empty(min(tile, n), dtype=torch.float32, device=dev)
-    for lo, hi in _tiles(n, tile):
+    for lo, hi in tiles(n, tile):
         t = t0[:hi - lo].copy_(base[lo:hi])
         _delta(x, t, lo, hi, mag[lo:hi]).abs_()
     bits = mag.view(torch.int32)
@@ -93,7 +89,7 @@ def _l1_scales(xs, base, kept_fn, tile: int) -> list[float]:
     scales = []
     for i, x in enumerate(xs):
         total = kept = 0.0
-        for lo, hi in _tiles(n, tile):
+        for lo, hi in tiles(n, tile):
             t = t0[:hi - lo].copy_(base[lo:hi])
             dd = _delta(x, t, lo, hi, d[:hi - lo])
             total += fixed_order_sum(dd.abs())
@@ -142,8 +138,7 @@ def family_apply(xs: Sequence[torch.Tensor], base: torch.Tensor, method: str, *,
                 d, float(torch.nextafter(torch.tensor(th), torch.tensor(0.0)))) if th > 0 else d
         if cfg.sparsify == "random" and qs[i] < MASK_LEVELS:
             assert seeds is not None  # checked above
-            torch.sub(mask_levels(int(seeds[i]), lo, hi - lo, dev), qs[i], out=m).clamp_(-1.0, 0.0)
-            return d.mul_(m).neg_()
+            return d.mul_(torch.lt(mask_levels(int(seeds[i]), lo, hi - lo, dev), qs[i], out=m))
         return d
 
     scale = [1.0] * N
@@ -158,7 +153,7 @@ def family_apply(xs: Sequence[torch.Tensor], base: torch.Tensor, method: str, *,
     ds = [torch.empty_like(tb) for _ in range(N)]
     m, acc, div = torch.empty_like(tb), torch.empty_like(tb), torch.empty_like(tb)
     ones = torch.ones_like(tb)
-    for lo, hi in _tiles(n, tile):
+    for lo, hi in tiles(n, tile):
         L = hi - lo
         t = tb[:L].copy_(ft[lo:hi], non_blocking=True)
         wd = []
