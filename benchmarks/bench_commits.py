@@ -93,7 +93,9 @@ def config(a: str, b: str, fitness_file: Path, population: int, generations: int
 def one_run(tree: Path, cfg_file: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", RUN, str(cfg_file), str(out)], check=True, env=env)
+    # cwd = the tree: ``python -c`` puts the working directory first on sys.path, so running from the
+    # repository would import this checkout's darwin whatever PYTHONPATH says
+    subprocess.run([sys.executable, "-c", RUN, str(cfg_file), str(out)], check=True, env=env, cwd=str(tree))
     wall = time.perf_counter() - t0
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     secs = [c["seconds"] for h in hist for c in h["candidates"]]
@@ -136,6 +138,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "commits")
     args = ap.parse_args()
+    args.work = args.work.resolve()  # the runs' working directory is the tree, not here
     args.work.mkdir(parents=True, exist_ok=True)
     rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.base], check=True,
                          capture_output=True, text=True).stdout.strip()
