@@ -295,3 +295,32 @@ def test_evolve_scores_in_bfloat16_when_asked(demo, tmp_path):
     child = AutoModelForCausalLM.from_pretrained(res.child_dir, dtype=torch.bfloat16).eval()
     assert fit(child, None) == pytest.approx(res.best["fitness"], abs=1e-6)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["fitness_dtype"] == "bfloat16"
+
+
+def test_bad_mask_rng_is_a_named_error(demo):
+    import darwin
+    from darwin.errors import RecipeError
+
+    rec = {"merge_method": "dare_ties", "base_model": str(demo["base"]), "parameters": {"mask_rng": "mt19937"},
+           "models": [{"model": str(demo["parent_a"]), "parameters": {"weight": 0.5, "density": 0.5}},
+                      {"model": str(demo["parent_b"]), "parameters": {"weight": 0.5, "density": 0.5}}]}
+    with pytest.raises(RecipeError, match="mask_rng"):
+        darwin.merge(rec, dry_run=True)
+
+
+def test_dare_counter_masks_streamed_equal_batched(demo):
+    """dare_ties with counter masks: the streamed kernel keeps the same elements as the batched one."""
+    import darwin
+
+    rec = {"merge_method": "dare_ties", "base_model": str(demo["base"]), "dtype": "float32",
+           "models": [{"model": str(demo["parent_a"]), "parameters": {"weight": 0.6, "density": 0.3}},
+                      {"model": str(demo["parent_b"]), "parameters": {"weight": 0.4, "density": 0.7}}]}
+    from darwin.plan.execute import execute, merge_batch
+    from darwin.plan.run import plan_recipe
+
+    plan, ck = plan_recipe(rec)
+    streamed = dict(execute(plan, ck, device="cpu"))
+    for t in plan.tasks:  # the batched kernel on the same task (counter uniforms (level + ½)/4096 < ρ)
+        ref = merge_batch([t], lambda m, n: ck[m].get(n), torch.device("cpu"))[0]
+        assert torch.allclose(streamed[t.out_name], ref, atol=1e-6), t.out_name
+    assert darwin.merge(rec, dry_run=True).plan.tasks[0].shared["mask_rng"] == "counter"

@@ -70,14 +70,3 @@ def keep_level(density: float) -> int:
 def keep_probability(density: float) -> float:
     """The realised keep probability ``q(ρ) / MASK_LEVELS`` of :func:`keep_level`."""
     return keep_level(density) / MASK_LEVELS
-
-
-def check_mask_rng(value: object) -> str:
-    """Validate a recipe's ``mask_rng`` value.
-
-    Raises:
-        ValueError: not one of :data:`MASK_RNGS`.
-    """
-    if value not in MASK_RNGS:
-        raise ValueError(f"mask_rng must be one of {', '.join(MASK_RNGS)}, got {value!r}")
-    return str(value)

@@ -20,6 +20,7 @@ from darwin.arch.mapper import ArchMap, TensorRole
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.io.checkpoint import Checkpoint
+from darwin.kernels.masks import MASK_RNGS
 from darwin.kernels.methods import MethodSpec, get_method, normalize_rescale
 from darwin.kernels.seeds import tensor_seed
 from darwin.plan import params as P
@@ -99,6 +100,11 @@ def _coerce(spec: MethodSpec, name: str, value: Any, where: str) -> Any:
     try:
         if name == "rescale":
             return normalize_rescale(value) or "none"
+        if name == "mask_rng":
+            if value not in MASK_RNGS:
+                raise RecipeError(f"{where}: parameter 'mask_rng' must be one of {', '.join(MASK_RNGS)}, "
+                                  f"got {value!r}")
+            return value
         if p.kind is bool:
             if not isinstance(value, bool):
                 raise ValueError
