@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from darwin.kernels.reduce import fixed_order_sum, tiles
+from darwin.kernels.reduce import Workspace, fixed_order_sum, tiles
 from darwin.kernels.slerp import slerp
 from darwin.kernels.sparsify import random_drop
 from darwin.kernels.task_arithmetic import task_vector_merge
@@ -203,17 +203,6 @@ def blend_coefficients(inv: BlendInvariants, r: float, lam: float, density: Sequ
     return BlendCoefficients((lam * ca, lam * cb), lam, qs, drop)
 
 
-class _TileBuffers:
-    """Reusable float32 tile temporaries (allocated once per call, cache resident on CPUs)."""
-
-    def __init__(self, tile: int, device: torch.device, count: int):
-        self.f = [torch.empty(tile, dtype=torch.float32, device=device) for _ in range(count)]
-        self.ones = torch.ones(tile, dtype=torch.float32, device=device)
-
-    def take(self, width: int) -> list[torch.Tensor]:
-        return [f[:width] for f in self.f]
-
-
 def _kept(src: torch.Tensor, t0: torch.Tensor, lv: torch.Tensor, q: int, k: float, d: torch.Tensor,
           m: torch.Tensor) -> torch.Tensor:
     """``d ← k·[lv < q]·(src − t0)`` (float32 tiles; lv int16): the DARE-kept, rescaled, weighted task vector."""
@@ -230,7 +219,8 @@ def _tile_levels(inv: BlendInvariants, p: int, lo: int, hi: int, device: torch.d
 
 
 def blend_apply(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None, inv: BlendInvariants,
-                c: BlendCoefficients, out: torch.Tensor, tile: int = 1 << 16) -> torch.Tensor:
+                c: BlendCoefficients, out: torch.Tensor, tile: int = 1 << 16,
+                workspace: Workspace | None = None) -> torch.Tensor:
     """Write the Darwin blend of one tensor into ``out`` in one tiled pass.
 
     ``θ = λ·(cₐA + c_bB) + (1 − λ)·(θ₀ + TIES₂(k_A·m_A·δ_A, k_B·m_B·δ_B))`` with δ = parent − θ₀,
@@ -248,6 +238,7 @@ def blend_apply(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None, inv
         c: :func:`blend_coefficients` for this candidate.
         out: ``[*S]`` contiguous destination (float32 or the child's dtype), e.g. a resident parameter.
         tile: elements per tile (the temporaries are a few float32 tiles).
+        workspace: where the tile temporaries are kept between calls (None: allocated for this call).
 
     Returns:
         ``out``. Source: SLERP, Shoemake 1985; DARE arXiv 2311.03099; TIES arXiv 2306.01708.
@@ -257,9 +248,11 @@ def blend_apply(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None, inv
     ft = base.reshape(-1) if base is not None else None
     n = fo.numel()
     ca, cb = c.slerp
-    buf = _TileBuffers(min(tile, n), dev, 6)
+    ws = workspace or Workspace()
+    width = min(tile, n)
+    bufs, ones = ws.tiles(6, width, dev), ws.ones(width, dev)
     for lo, hi in tiles(n, tile):
-        ta, tb, tt, d1, d2, m = buf.take(hi - lo)
+        ta, tb, tt, d1, d2, m = (t[:hi - lo] for t in bufs)
         ta.copy_(fa[lo:hi], non_blocking=True)
         tb.copy_(fb[lo:hi], non_blocking=True)
         if c.lam >= 1:
@@ -273,7 +266,7 @@ def blend_apply(a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None, inv
         tt.copy_(ft[lo:hi], non_blocking=True)
         x = _kept(ta, tt, _tile_levels(inv, 0, lo, hi, dev), c.levels[0], c.drop[0], d1, m)
         y = _kept(tb, tt, _tile_levels(inv, 1, lo, hi, dev), c.levels[1], c.drop[1], d2, m)
-        sigma = torch.copysign(buf.ones[:hi - lo], torch.add(x, y, out=m), out=m)
+        sigma = torch.copysign(ones[:hi - lo], torch.add(x, y, out=m), out=m)
         x.mul_(sigma).clamp_(min=0.0).add_(y.mul_(sigma).clamp_(min=0.0))
         acc = ta.mul_(ca).add_(tb, alpha=cb).add_(tt, alpha=1.0 - c.lam)
         torch.addcmul(acc, x, sigma, value=1.0 - c.lam, out=fo[lo:hi])

@@ -89,7 +89,7 @@ class StreamKernel:
         prepare: ``(inputs, base, shared, seeds, keep_levels) → invariants``; reads only inputs,
             static parameters and seeds (never a float parameter), so an evolve run computes it once
             per tensor. ``inputs`` are the N non-base parents' tensors (storage dtype).
-        apply: ``(inputs, base, invariants, shared, parent, seeds, out, tile) → out``: writes the merged tensor
+        apply: ``(inputs, base, invariants, shared, parent, seeds, out, tile, workspace) → out``: writes the merged tensor
             into ``out`` (any float dtype) in one tiled pass.
         applies: ``shared → bool``: whether this form serves a task (e.g. only ``mask_rng: counter``).
     """
@@ -103,10 +103,10 @@ def _blend_prepare(xs, base, shared, seeds, keep_levels):
     return blend_prepare(xs[0], xs[1], base, seeds, normalize_rescale(shared.get("rescale", "l1")), keep_levels)
 
 
-def _blend_apply(xs, base, inv, shared, parent, seeds, out, tile):
+def _blend_apply(xs, base, inv, shared, parent, seeds, out, tile, workspace=None):
     c = blend_coefficients(inv, float(shared["t"]), float(shared["lambda"]), parent["density"],
                            normalize_rescale(shared.get("rescale", "l1")))
-    return blend_apply(xs[0], xs[1], base, inv, c, out, tile)
+    return blend_apply(xs[0], xs[1], base, inv, c, out, tile, workspace)
 
 
 class _NoInvariants:
@@ -120,7 +120,7 @@ def _family_stream(method: str) -> StreamKernel | None:
     if method not in STREAMED:
         return None
 
-    def apply(xs, base, inv, shared, parent, seeds, out, tile):
+    def apply(xs, base, inv, shared, parent, seeds, out, tile, workspace=None):
         return family_apply(xs, base, method, weight=parent["weight"], density=parent.get("density"),
                             lam=float(shared["lambda"]), normalize=bool(shared["normalize"]),
                             rescale=normalize_rescale(shared.get("rescale", False)), seeds=seeds, out=out, tile=tile)

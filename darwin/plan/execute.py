@@ -22,6 +22,7 @@ import torch
 
 from darwin.errors import DarwinError
 from darwin.kernels.methods import get_method, run_kernel
+from darwin.kernels.reduce import Workspace
 from darwin.plan.plan import MergePlan, TensorTask
 
 DEFAULT_BATCH_BYTES = 1 << 30  # CUDA: big batches amortise launches over many small tensors
@@ -94,6 +95,7 @@ class InvariantCache:
     def __init__(self, keep_levels: bool = True):
         self.keep_levels = keep_levels
         self._entries: dict[tuple, Any] = {}
+        self.workspace = Workspace()  # tile temporaries reused by every candidate
 
     def get(self, task: TensorTask, build: Callable[[bool], Any]) -> Any:
         """The invariants of ``task``, built with ``build(keep_levels)`` on first use."""
@@ -127,7 +129,8 @@ def run_streamed(task: TensorTask, load: Callable[[str, str], torch.Tensor], out
         return stream.prepare(xs, base, task.shared, task.seeds, keep_levels)
 
     inv = cache.get(task, build) if cache is not None else build(True)
-    return stream.apply(xs, base, inv, task.shared, task.parent, task.seeds, out, tile or default_tile(out.device))
+    return stream.apply(xs, base, inv, task.shared, task.parent, task.seeds, out, tile or default_tile(out.device),
+                        cache.workspace if cache is not None else None)
 
 
 def _static_key(task: TensorTask) -> tuple:
