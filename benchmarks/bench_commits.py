@@ -17,7 +17,8 @@ their largest difference.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_commits.py --base 13345cb [--scale tiny|smollm2|both] [--rounds 2]
+    .venv/bin/python benchmarks/bench_commits.py --base 13345cb [--scale tiny|smollm2|demo|both] [--rounds 2]
+        [--fitness fixed_nll|constant] [--with-base]
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ _IDS = torch.randint(0, 384, (1, 256), generator=torch.Generator().manual_seed(0
 def fixed_nll(model, tokenizer):
     ids = _IDS % model.config.vocab_size
     return -float(model(input_ids=ids, labels=ids).loss)
+
+
+def constant(model, tokenizer):
+    return 0.0
 '''
 
 RUN = "import sys, darwin; darwin.evolve(sys.argv[1], sys.argv[2], force=True, progress=False, write_outputs=False)"
@@ -71,21 +76,22 @@ def demo_config(population: int, generations: int) -> dict:
     return cfg
 
 
-def parents(scale: str, work: Path) -> tuple[str, str]:
+def parents(scale: str, work: Path) -> tuple[str, str, str]:
     if scale == "tiny":
         from darwin.demo import build_demo_models
 
         d = build_demo_models(work / "tiny")
-        return str(d["parent_a"]), str(d["parent_b"])
+        return str(d["parent_a"]), str(d["parent_b"]), str(d["base"])
     from bench_merge import build_parents
 
     folders = build_parents(work / "synthetic")
-    return str(folders[1]), str(folders[2])
+    return str(folders[1]), str(folders[2]), str(folders[0])
 
 
-def config(a: str, b: str, fitness_file: Path, population: int, generations: int) -> dict:
+def config(a: str, b: str, fitness_file: Path, population: int, generations: int, fitness: str = "fixed_nll",
+           base: str | None = None) -> dict:
     return {"parents": [a, b], "genome": "darwin14", "mri": {"enabled": False},
-            "fitness": [{"python": f"{fitness_file}:fixed_nll"}],
+            "fitness": [{"python": f"{fitness_file}:{fitness}"}], "base": base,
             "search": {"population": population, "generations": generations, "seed": 0},
             "dtype": "float32", "device": "cpu"}
 
@@ -103,16 +109,16 @@ def one_run(tree: Path, cfg_file: Path, out: Path) -> dict:
     return {"wall_s": wall, "median_candidate_s": statistics.median(secs), "fitness": fits}
 
 
-def bench(scale: str, base: Path, work: Path, rounds: int) -> dict:
+def bench(scale: str, base: Path, work: Path, rounds: int, fitness: str = "fixed_nll", with_base: bool = False) -> dict:
     pop, gens = (10, 20) if scale == "tiny" else (4, 2)
     cfg_file = work / f"parents-{scale}.json"
     if scale == "demo":
         cfg_file.write_text(json.dumps(demo_config(pop, gens)))
     else:
-        a, b = parents(scale, work)
+        a, b, parent_base = parents(scale, work)
         fit = work / "fitness_fixed_nll.py"
         fit.write_text(FITNESS)
-        cfg_file.write_text(json.dumps(config(a, b, fit, pop, gens)))
+        cfg_file.write_text(json.dumps(config(a, b, fit, pop, gens, fitness, parent_base if with_base else None)))
     trees = {"base": base, "this checkout": REPO}
     runs: dict[str, list[dict]] = {k: [] for k in trees}
     for r in range(rounds):
@@ -136,6 +142,9 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="commit to compare against (e.g. the previous one)")
     ap.add_argument("--scale", choices=["tiny", "smollm2", "demo", "both"], default="both")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--fitness", choices=["fixed_nll", "constant"], default="fixed_nll",
+                    help="constant: history seconds are the merge alone (the issue's per-candidate merge metric)")
+    ap.add_argument("--with-base", action="store_true", help="give the parents' base (DARE-TIES task vectors)")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "commits")
     args = ap.parse_args()
     args.work = args.work.resolve()  # the runs' working directory is the tree, not here
@@ -144,7 +153,9 @@ def main() -> None:
                          capture_output=True, text=True).stdout.strip()
     base = export(rev, args.work / f"tree-{rev}")
     scales = ["tiny", "smollm2"] if args.scale == "both" else [args.scale]
-    print(json.dumps({"base": rev, "results": [bench(s, base, args.work, args.rounds) for s in scales]}, indent=2))
+    print(json.dumps({"base": rev, "fitness": args.fitness, "with_base": args.with_base,
+                      "results": [bench(s, base, args.work, args.rounds, args.fitness, args.with_base) for s in scales]},
+                     indent=2))
 
 
 if __name__ == "__main__":
