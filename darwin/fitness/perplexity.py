@@ -114,3 +114,93 @@ class BitsPerByteFitness(PerplexityFitness):
 
     def __call__(self, model, tokenizer) -> float:
         return -self.bits_per_byte(model, tokenizer)
+
+
+class DocumentFitness:
+    """Document-level text fitness: each document scored on its first ``window`` tokens, the mean over documents.
+
+    Documents come from :func:`darwin.io.documents.load_documents` (files, JSONL records or
+    separator-delimited chunks); each is tokenised once per tokenizer (no EOS added), cut to its
+    first ``window`` tokens, and documents with fewer than 2 tokens are skipped. A document's score
+    is ``−mean NLL`` of its predicted tokens in nats (``unit="nats"``) or ``−bits per byte``
+    (``unit="bits_per_byte"``: the NLL in bits over the UTF-8 bytes of the predicted tokens). The
+    fitness is the unweighted mean of the document scores, so every document counts the same
+    whatever its length; :meth:`doc_scores` keeps them for paired comparisons between models.
+
+    Args:
+        files: text files, JSONL files or folders.
+        window: tokens scored per document (its first ``window``).
+        batch_size: documents per forward pass.
+        separator: cut files into documents at this string (see :mod:`darwin.io.documents`).
+        text_field: JSONL field holding a record's text.
+        unit: ``"nats"`` or ``"bits_per_byte"``.
+
+    Raises:
+        DarwinError: no document, or none with 2 tokens (naming the files).
+    """
+
+    def __init__(self, files: list[str | os.PathLike], window: int = 512, batch_size: int = 8,
+                 separator: str | None = None, text_field: str = "text", unit: str = "nats"):
+        from darwin.io.documents import load_documents
+
+        if unit not in ("nats", "bits_per_byte"):
+            raise DarwinError(f"document fitness: unit must be nats or bits_per_byte, got {unit!r}")
+        self.label = f"{'perplexity' if unit == 'nats' else 'bits_per_byte'} fitness (documents)"
+        self.docs = load_documents(files, separator=separator, text_field=text_field, what=self.label)
+        self.window, self.batch_size, self.unit = window, batch_size, unit
+        self._ids: list[torch.Tensor] | None = None
+        self._names: list[str] = []
+        self._tok_key: int | None = None
+
+    def token_ids(self, tokenizer) -> list[torch.Tensor]:
+        """Each kept document's first ``window`` token ids (int64), tokenised once per tokenizer."""
+        if self._ids is None or self._tok_key != id(tokenizer):
+            ids, names = [], []
+            for d in self.docs:
+                t = tokenizer(d.text, add_special_tokens=False, return_tensors="pt").input_ids[0][: self.window]
+                if t.numel() >= 2:
+                    ids.append(t)
+                    names.append(d.name)
+            if not ids:
+                raise DarwinError(f"{self.label}: no document has 2 tokens ({len(self.docs)} documents)")
+            self._ids, self._names, self._tok_key = ids, names, id(tokenizer)
+        return self._ids
+
+    def document_names(self, tokenizer) -> list[str]:
+        """Names of the scored documents, in :meth:`doc_scores` order."""
+        self.token_ids(tokenizer)
+        return list(self._names)
+
+    @torch.no_grad()
+    def doc_nll(self, model, tokenizer) -> list[tuple[float, int]]:
+        """Per document: (NLL sum in nats of its predicted tokens, their count)."""
+        docs = self.token_ids(tokenizer)
+        device = next(model.parameters()).device
+        out: list[tuple[float, int]] = []
+        for i in range(0, len(docs), self.batch_size):
+            chunk = docs[i:i + self.batch_size]
+            lens = [w.numel() for w in chunk]
+            batch = torch.zeros(len(chunk), max(lens), dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for j, w in enumerate(chunk):
+                batch[j, : lens[j]] = w
+                mask[j, : lens[j]] = 1
+            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
+            tgt = batch[:, 1:].to(device)
+            for j, n in enumerate(lens):
+                nll = torch.nn.functional.cross_entropy(logits[j, : n - 1].float(), tgt[j, : n - 1], reduction="sum")
+                out.append((float(nll.double()), n - 1))
+            del logits
+        return out
+
+    def doc_scores(self, model, tokenizer) -> list[float]:
+        """Per-document scores (higher is better), in :meth:`document_names` order."""
+        nll = self.doc_nll(model, tokenizer)
+        if self.unit == "nats":
+            return [-s / c for s, c in nll]
+        nbytes = [len(tokenizer.decode(w[1:].tolist()).encode("utf-8")) for w in self.token_ids(tokenizer)]
+        return [-(s / math.log(2)) / max(b, 1) for (s, _), b in zip(nll, nbytes)]
+
+    def __call__(self, model, tokenizer) -> float:
+        scores = self.doc_scores(model, tokenizer)
+        return sum(scores) / len(scores)

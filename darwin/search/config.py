@@ -68,12 +68,29 @@ class MriConfig(_Strict):
 
 
 class PerplexitySpec(_Strict):
-    """Perplexity over local text files (see :mod:`darwin.fitness.perplexity`)."""
+    """Perplexity (or bits per byte) over local text files (see :mod:`darwin.fitness.perplexity`).
+
+    ``documents: false`` (default): the files' text as one token stream, ``max_tokens`` of it in
+    windows of ``window``. ``documents: true``: every document (a file, a JSONL record, or a chunk
+    between ``separator`` strings) scored on its first ``window`` tokens, the fitness the mean over
+    documents (:class:`darwin.fitness.perplexity.DocumentFitness`).
+    """
 
     files: list[str]
     max_tokens: int = 2048
-    window: int = 512
-    batch_size: int = 4
+    window: int = Field(512, ge=2)
+    batch_size: int = Field(4, ge=1)
+    documents: bool = False
+    separator: Optional[str] = None
+    text_field: str = "text"
+
+    @model_validator(mode="after")
+    def _document_keys(self):
+        if not self.documents and (self.separator is not None or self.text_field != "text"):
+            raise ValueError("separator and text_field need documents: true")
+        if self.separator == "":
+            raise ValueError("separator must not be empty")
+        return self
 
 
 class LmEvalSpec(_Strict):

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from darwin.fitness.base import CombinedFitness, Component
-from darwin.fitness.perplexity import BitsPerByteFitness, PerplexityFitness
+from darwin.fitness.perplexity import BitsPerByteFitness, DocumentFitness, PerplexityFitness
 from darwin.fitness.python import load_callable
 from darwin.search.config import FitnessEntry
 
@@ -15,8 +15,13 @@ def build_component(entry: FitnessEntry) -> Component:
     """One fitness component from a config entry (named after its kind and data)."""
     if entry.kind in ("perplexity", "bits_per_byte"):
         p = getattr(entry, entry.kind)
-        cls = PerplexityFitness if entry.kind == "perplexity" else BitsPerByteFitness
-        fn: Callable[[Any, Any], float] = cls(p.files, p.max_tokens, p.window, p.batch_size)
+        fn: Callable[[Any, Any], float]
+        if p.documents:
+            fn = DocumentFitness(p.files, p.window, p.batch_size, p.separator, p.text_field,
+                                 "nats" if entry.kind == "perplexity" else "bits_per_byte")
+        else:
+            cls = PerplexityFitness if entry.kind == "perplexity" else BitsPerByteFitness
+            fn = cls(p.files, p.max_tokens, p.window, p.batch_size)
         return Component(entry.kind, fn, entry.weight)
     if entry.kind == "lm_eval":
         from darwin.fitness.lm_eval import LmEvalFitness
