@@ -22,6 +22,8 @@ Example::
     device: auto
     fitness_dtype: auto                     # candidates scored in bfloat16 where native (CUDA, AVX-512-BF16/AMX)
     placement: auto                         # parents on the device, or in host memory when they do not fit
+    baselines: {linear: [0, 0.1, …, 1], slerp: [0.1, …, 0.9], task_arithmetic: [0.5, 0.75, 1, 1.25],
+                ties: {density: [0.3, 0.5, 0.7], lambda: [0.7, 1, 1.3]}, dare_ties: {…}}   # tuned uniform merges
 
 Every mapping is ``extra="forbid"``: an unknown key is an error naming it. Relative paths resolve
 against the YAML file's folder.
@@ -173,6 +175,46 @@ class Constraints(_Strict):
         return parse_count(v, info.field_name)
 
 
+def _grid(lo: float, hi: float, n: int) -> list[float]:
+    return [round(lo + (hi - lo) * i / (n - 1), 4) for i in range(n)]
+
+
+class DensityLambdaGrid(_Strict):
+    """A density × λ grid (TIES, DARE-TIES): every pair is one uniform merge."""
+
+    density: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
+    lam: list[float] = Field(default_factory=lambda: [0.7, 1.0, 1.3], alias="lambda")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class BaselinesConfig(_Strict):
+    """Tuned uniform baselines: grids of one-number merges of the two parents, scored on the fitness;
+    the best of each family is what the child must beat (see :mod:`darwin.search.baselines`).
+
+    Lists are grids; an empty list turns a family off. ``task_arithmetic``, ``ties`` and
+    ``dare_ties`` need ``base:`` and are skipped without one.
+    """
+
+    enabled: bool = True
+    linear: list[float] = Field(default_factory=lambda: _grid(0.0, 1.0, 11))   # weight of parent B
+    slerp: list[float] = Field(default_factory=lambda: _grid(0.1, 0.9, 9))     # t, fraction of parent B
+    task_arithmetic: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25])  # λ, weights 1, 1
+    ties: DensityLambdaGrid = DensityLambdaGrid()
+    dare_ties: DensityLambdaGrid = DensityLambdaGrid()
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        bad = [v for v in self.linear + self.slerp + self.ties.density + self.dare_ties.density
+               if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+        if bad:
+            raise ValueError(f"linear and slerp weights and densities must be in [0, 1], got {bad}")
+        lams = self.task_arithmetic + self.ties.lam + self.dare_ties.lam
+        if any(not math.isfinite(v) for v in lams):
+            raise ValueError(f"lambda values must be finite, got {lams}")
+        return self
+
+
 class SearchConfig(_Strict):
     """CMA-ES budget and settings, and where candidates are scored.
 
@@ -230,6 +272,7 @@ class ParentsConfig(_Strict):
     dtype: str = "float32"
     device: str = "auto"
     fitness_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    baselines: BaselinesConfig = BaselinesConfig()
     placement: Literal["auto", "device", "device_lean", "host"] = "auto"
 
     @model_validator(mode="after")

@@ -27,12 +27,13 @@ from typing import Any
 
 from darwin.errors import DarwinError
 from darwin.fitness.precision import resolve_fitness_dtype
-from darwin.genome.breeder import make_breeder
+from darwin.genome.breeder import PairBreeder, make_breeder
 from darwin.genome.decode import check_values, start_vector, vector_to_values
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.execute import resolve_device
 from darwin.plan.planner import parse_dtype
+from darwin.search.baselines import best_of_grids, grid_plans
 from darwin.search.cmaes import CmaSearch
 from darwin.search.config import ParentsConfig, load_parents_config
 from darwin.search.constraints import check_context
@@ -145,10 +146,21 @@ def _placement(cfg: ParentsConfig, opts: EvolveOptions) -> tuple[int, str | None
 
 
 def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str, Any]]:
-    """Fitness records of the decoder's baselines, scored once and cached in ``baselines.json``."""
+    """Fitness records of the decoder's baselines and, for pair genomes, of the tuned uniform merges
+    (:mod:`darwin.search.baselines`: the best of each grid), scored once and cached in ``baselines.json``."""
     def compute() -> dict[str, dict[str, Any]]:
         plans = ctx.breeder.baselines()
-        return dict(zip(plans, evaluator.run(list(plans.values()))))
+        out = dict(zip(plans, evaluator.run(list(plans.values()))))
+        bcfg = ctx.cfg.baselines
+        if bcfg.enabled and isinstance(ctx.breeder, PairBreeder):
+            grids = grid_plans(bcfg, ctx.breeder.a, ctx.breeder.b, ctx.cfg.base, ctx.cfg.dtype, ctx.seed)
+            flat = [(fam, setting, plan) for fam, pts in grids.items() for setting, plan in pts]
+            recs = evaluator.run([p for _, _, p in flat])
+            results: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
+            for (fam, setting, _), rec in zip(flat, recs):
+                results.setdefault(fam, []).append((setting, rec))
+            out.update(best_of_grids(results))
+        return out
 
     return cached_json(ctx.out / "baselines.json", compute, indent=2)
 

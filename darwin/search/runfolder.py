@@ -97,6 +97,7 @@ def _check_resumable(out: Path, snapshot: dict[str, Any]) -> None:
         old.get("search", {}).pop(key, None)
     old.pop("placement", None)
     old.setdefault("fitness_dtype", "float32")  # runs started before the key scored in float32
+    old.setdefault("baselines", snapshot.get("baselines"))  # older runs: their baselines.json is kept as is
     if old != snapshot:
         keys = sorted(k for k in set(old) | set(snapshot) if old.get(k) != snapshot.get(k))
         raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with "

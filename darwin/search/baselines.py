@@ -1,0 +1,83 @@
+"""Tuned uniform baselines: the best one-number merge of each family, found on the fitness.
+
+A bred child is only worth its search if it beats the best *tuned* uniform merge, not the default
+0.5 (model soups, arXiv 2203.05482; evaluation protocol in docs/evolve.md). For two parents A, B
+(and the base θ₀ when given) each family is a grid of plain mergekit recipes:
+
+* ``linear``: ``(1 − w)·A + w·B`` for each w (11 points by default, the parents included);
+* ``slerp``: SLERP(A, B; t) for each t (Shoemake 1985);
+* ``task_arithmetic``: ``θ₀ + λ·(δ_A + δ_B)`` for each λ (arXiv 2212.04089);
+* ``ties`` / ``dare_ties``: weights (1, 1), normalised, for each density × λ (arXiv 2306.01708,
+  2311.03099; DARE masks from the run's seed).
+
+Every grid point is scored with the run's fitness, like a candidate; the family's best is kept
+(``tuned <family>``) with its setting and the whole grid, in ``baselines.json``. The recipes are
+plain mergekit recipes: ``darwin merge`` and ``mergekit-yaml`` both run them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from darwin.plan.plan import MergePlan
+from darwin.plan.run import plan_recipe
+from darwin.search.config import BaselinesConfig
+
+
+def _two(method: str, a: str, b: str, params_a: dict, params_b: dict, dtype: str, base: str | None = None,
+         shared: dict | None = None, seed: int = 0) -> dict[str, Any]:
+    rec: dict[str, Any] = {"merge_method": method, "dtype": dtype, "seed": seed,
+                           "models": [{"model": a, "parameters": params_a}, {"model": b, "parameters": params_b}]}
+    if base is not None:
+        rec["base_model"] = base
+    if shared:
+        rec["parameters"] = shared
+    return rec
+
+
+def grid_recipes(cfg: BaselinesConfig, a: str, b: str, base: str | None, dtype: str, seed: int = 0
+                 ) -> dict[str, list[tuple[dict[str, float], dict[str, Any]]]]:
+    """family → [(setting, mergekit recipe)] for the configured grids (families needing a base are
+    left out without one)."""
+    fams: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
+    if cfg.linear:
+        fams["linear"] = [({"weight_b": w}, _two("linear", a, b, {"weight": 1 - w}, {"weight": w}, dtype,
+                                                 shared={"normalize": False})) for w in cfg.linear]
+    if cfg.slerp:
+        # mergekit's slerp interpolates from its base_model (A here) toward the other model
+        fams["slerp"] = [({"t": t}, {"merge_method": "slerp", "dtype": dtype, "base_model": a, "parameters": {"t": t},
+                                     "models": [{"model": a}, {"model": b}]}) for t in cfg.slerp]
+    if base is None:
+        return fams
+    if cfg.task_arithmetic:
+        fams["task_arithmetic"] = [({"lambda": lam}, _two("task_arithmetic", a, b, {"weight": 1.0}, {"weight": 1.0},
+                                                          dtype, base, {"lambda": lam}))
+                                   for lam in cfg.task_arithmetic]
+    for fam in ("ties", "dare_ties"):
+        g = getattr(cfg, fam)
+        fams[fam] = [({"density": d, "lambda": lam},
+                      _two(fam, a, b, {"weight": 1.0, "density": d}, {"weight": 1.0, "density": d}, dtype, base,
+                           {"lambda": lam, "normalize": True}, seed))
+                     for d in g.density for lam in g.lam]
+    return {k: v for k, v in fams.items() if v}
+
+
+def grid_plans(cfg: BaselinesConfig, a: str, b: str, base: str | None, dtype: str, seed: int = 0
+               ) -> dict[str, list[tuple[dict[str, float], MergePlan]]]:
+    """:func:`grid_recipes` decoded into merge plans (no weights read)."""
+    return {fam: [(setting, plan_recipe(rec)[0]) for setting, rec in pts]
+            for fam, pts in grid_recipes(cfg, a, b, base, dtype, seed).items()}
+
+
+def best_of_grids(results: dict[str, list[tuple[dict[str, float], dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """``tuned <family>`` → the best-fitness record of each family, with its ``setting`` and the
+    ``grid`` of (setting, fitness); families whose every point failed are left out."""
+    out = {}
+    for fam, pts in results.items():
+        ok = [(s, r) for s, r in pts if r.get("fitness") is not None]
+        if not ok:
+            continue
+        setting, rec = max(ok, key=lambda sr: sr[1]["fitness"])
+        out[f"tuned {fam}"] = {**rec, "setting": setting,
+                               "grid": [{"setting": s, "fitness": r.get("fitness")} for s, r in pts]}
+    return out
