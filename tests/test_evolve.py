@@ -226,3 +226,36 @@ def test_tuned_uniform_baselines_find_the_planted_weight(demo, target_env, tmp_p
     assert recipes == {"linear": [({"weight_b": 0.25}, {
         "merge_method": "linear", "dtype": "float32", "seed": 0, "parameters": {"normalize": False},
         "models": [{"model": "A", "parameters": {"weight": 0.75}}, {"model": "B", "parameters": {"weight": 0.25}}]})]}
+
+
+def test_selection_refuses_an_overfit_candidate(demo, target_env, tmp_path):
+    """Fitness = pure noise, selection = closeness to the uniform merge: the search's best-fitness
+    candidate is noise, so the final pick is a baseline (the uniform merge) and it is the child."""
+    cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:weight_noise"}], population=4, generations=2)
+    cfg["selection"] = [{"python": f"{FITNESS_FILE}:distance_to_uniform"}]
+    res = darwin.evolve(cfg, tmp_path / "run", progress=False)
+    assert res.winner in ("uniform 0.5", "tuned linear")
+    assert res.baselines[res.winner]["selection"] > -1e-5
+    cands = [c for h in res.history for c in h["candidates"]]
+    assert sum(c.get("selection") is not None for c in cands) == 2 * 3  # top-3 of each generation
+    assert all(c["selection"] < -1e-4 for c in cands if c.get("selection") is not None)
+    recipe = (tmp_path / "run" / "recipe.yaml").read_text()
+    assert "merge_method: linear" in recipe and "beat every candidate" in recipe
+    child = load_file(str(tmp_path / "run" / "child" / "model.safetensors"))
+    a = load_file(str(demo["parent_a"] / "model.safetensors"))
+    b = load_file(str(demo["parent_b"] / "model.safetensors"))
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(child[k].float(), 0.5 * a[k].float() + 0.5 * b[k].float(), atol=1e-6)
+
+
+def test_early_stopping_after_patience_generations(demo, target_env, tmp_path):
+    """Selection that never improves after the first generation: with patience 1 the run stops after
+    generation 1 of 6, and a resume of the finished run adds nothing."""
+    cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=4, generations=6)
+    cfg["selection"] = [{"python": f"{FITNESS_FILE}:constant_zero"}]
+    cfg["search"]["patience"] = 1
+    cfg["baselines"] = {"enabled": False}
+    res = darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False)
+    assert [h["generation"] for h in res.history] == [0, 1]
+    again = darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False, resume=True)
+    assert len(again.history) == 2 and again.best["x"] == res.best["x"]

@@ -324,3 +324,32 @@ def test_dare_counter_masks_streamed_equal_batched(demo):
         ref = merge_batch([t], lambda m, n: ck[m].get(n), torch.device("cpu"))[0]
         assert torch.allclose(streamed[t.out_name], ref, atol=1e-6), t.out_name
     assert darwin.merge(rec, dry_run=True).plan.tasks[0].shared["mask_rng"] == "counter"
+
+
+def test_della_out_of_range_is_a_plan_time_error(demo):
+    import darwin
+    from darwin.errors import RecipeError
+
+    rec = {"merge_method": "della", "base_model": str(demo["base"]),
+           "models": [{"model": str(demo["parent_a"]), "parameters": {"weight": 0.5, "density": 0.1}},
+                      {"model": str(demo["parent_b"]), "parameters": {"weight": 0.5, "density": 0.5}}]}
+    with pytest.raises(RecipeError, match="DELLA needs 0 < density − epsilon"):
+        darwin.merge(rec, dry_run=True)
+
+
+def test_resume_refuses_a_run_from_before_the_fast_path(demo, tmp_path):
+    """run.json without fitness_dtype (an older darwin: other masks) cannot be resumed: a named error."""
+    from helpers import FITNESS_FILE, evolve_cfg
+
+    import darwin
+    from darwin.errors import RecipeError
+
+    cfg = evolve_cfg(demo, [{"python": f"{FITNESS_FILE}:nll_fixed_ids"}], population=2, generations=1)
+    cfg["baselines"] = {"enabled": False}
+    darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False)
+    run = tmp_path / "run" / "run.json"
+    old = json.loads(run.read_text())
+    old.pop("fitness_dtype")
+    run.write_text(json.dumps(old))
+    with pytest.raises(RecipeError, match="older darwin"):
+        darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False, resume=True)

@@ -122,6 +122,14 @@ def _coerce(spec: MethodSpec, name: str, value: Any, where: str) -> Any:
     return v
 
 
+def _check_della(parent: dict[str, list[Any]], inputs: list[Source], out_name: str) -> None:
+    """DELLA's keep probabilities ρ ± ε must stay in (0, 1] wherever ρ < 1 (arXiv 2406.11617)."""
+    for src, rho, eps in zip(inputs, parent["density"], parent["epsilon"]):
+        if rho < 1 and (rho - eps <= 0 or rho + eps > 1):
+            raise RecipeError(f"{src.model}:{out_name}: DELLA needs 0 < density − epsilon and density + epsilon ≤ 1 "
+                              f"(got density {rho}, epsilon {eps}); change density or epsilon")
+
+
 def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
     """Build the merge plan for ``recipe`` over already opened ``checkpoints``.
 
@@ -267,6 +275,8 @@ class _PlanBuilder:
                     raise RecipeError(f"missing required parameter {p.name!r} for model {src.model} at {out_name}")
                 vals.append(_coerce(spec, p.name, v, f"{src.model}:{out_name}"))
             parent[p.name] = vals
+        if spec.name in ("della", "della_linear"):
+            _check_della(parent, inputs, out_name)
         return shared, parent
 
     def entries_for(self, sl: OutputSlice, pairs: list[tuple[str, str]], base_name: str

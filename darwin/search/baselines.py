@@ -21,7 +21,7 @@ from typing import Any
 
 from darwin.plan.plan import MergePlan
 from darwin.plan.run import plan_recipe
-from darwin.search.config import BaselinesConfig
+from darwin.search.config import BaselinesConfig, DensityLambdaGrid
 
 
 def _two(method: str, a: str, b: str, params_a: dict, params_b: dict, dtype: str, base: str | None = None,
@@ -81,3 +81,28 @@ def best_of_grids(results: dict[str, list[tuple[dict[str, float], dict[str, Any]
         out[f"tuned {fam}"] = {**rec, "setting": setting,
                                "grid": [{"setting": s, "fitness": r.get("fitness")} for s, r in pts]}
     return out
+
+
+def recipe_of_setting(family: str, setting: dict[str, float], a: str, b: str, base: str | None, dtype: str,
+                      seed: int = 0) -> dict[str, Any]:
+    """The mergekit recipe of one grid point (``family`` and its ``setting`` as in ``baselines.json``)."""
+    def empty() -> DensityLambdaGrid:
+        return DensityLambdaGrid.model_validate({"density": [], "lambda": []})
+
+    one = BaselinesConfig(linear=[], slerp=[], task_arithmetic=[], ties=empty(), dare_ties=empty())
+    if family == "linear":
+        one.linear = [setting["weight_b"]]
+    elif family == "slerp":
+        one.slerp = [setting["t"]]
+    elif family == "task_arithmetic":
+        one.task_arithmetic = [setting["lambda"]]
+    else:
+        getattr(one, family).density = [setting["density"]]
+        getattr(one, family).lam = [setting["lambda"]]
+    return grid_recipes(one, a, b, base, dtype, seed)[family][0][1]
+
+
+def plan_of_setting(family: str, setting: dict[str, float], a: str, b: str, base: str | None, dtype: str,
+                    seed: int = 0) -> MergePlan:
+    """:func:`recipe_of_setting` decoded into a merge plan."""
+    return plan_recipe(recipe_of_setting(family, setting, a, b, base, dtype, seed))[0]

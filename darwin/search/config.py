@@ -7,12 +7,16 @@ Example::
     genome: darwin14                        # built-in name or path to a genome YAML
     mri: {enabled: true, probes: [reasoning, code, math, knowledge, language],
           weights: {static: 0.4, probe: 0.6}}
-    fitness:
+    fitness:                                # what CMA-ES optimises
       - perplexity: {files: [heldout.txt], max_tokens: 2048, window: 512}
         weight: 1.0
       - lm_eval: {tasks: [my_task], include_path: ./tasks, limit: 50}
         weight: 0.5
       - python: mymodule:score
+    selection:                              # picks the final child, stops the search (search.patience)
+      - perplexity: {files: [selection/], window: 256, documents: true}
+    test:                                   # reported only: no decision reads it
+      - perplexity: {files: [test/], window: 256, documents: true}
     search: {population: 8, generations: 10, sigma0: 0.5, seed: 0}   # or max_evaluations
     #   + constraints: {max_params: 100M, min_context: 1028}   (candidates over budget are never scored)
     # optional: score candidates in parallel on Ray actors (pip install 'darwin-merge[ray]');
@@ -231,6 +235,8 @@ class SearchConfig(_Strict):
     workers: int = 1
     address: Optional[str] = None
     constraints: Constraints = Constraints()
+    selection_top_k: int = Field(3, ge=1)   # candidates of each generation scored on the selection data
+    patience: Optional[int] = Field(None, ge=1)  # stop after this many generations without a selection gain
 
     @model_validator(mode="after")
     def _budget(self):
@@ -268,6 +274,8 @@ class ParentsConfig(_Strict):
     genome: str = "darwin14"
     mri: MriConfig = MriConfig()
     fitness: list[FitnessEntry]
+    selection: list[FitnessEntry] = Field(default_factory=list)
+    test: list[FitnessEntry] = Field(default_factory=list)
     search: SearchConfig
     dtype: str = "float32"
     device: str = "auto"
@@ -293,8 +301,16 @@ def _resolve(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     data["base"] = fix(data.get("base"))
     if isinstance(data.get("genome"), str) and data["genome"].endswith((".yaml", ".yml")):
         data["genome"] = fix(data["genome"])
+    for role in ("selection", "test"):
+        if isinstance(data.get(role), list):
+            data[role] = _resolve_entries(data[role], fix)
+    data["fitness"] = _resolve_entries(data.get("fitness") or [], fix)
+    return data
+
+
+def _resolve_entries(entries: list[Any], fix) -> list[Any]:
     fits = []
-    for e in data.get("fitness") or []:
+    for e in entries:
         e = dict(e) if isinstance(e, dict) else e
         for kind in ("perplexity", "bits_per_byte"):
             if isinstance(e, dict) and isinstance(e.get(kind), dict):
@@ -305,8 +321,7 @@ def _resolve(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             path, _, fn = e["python"].rpartition(":")
             e["python"] = f"{fix(path)}:{fn}"
         fits.append(e)
-    data["fitness"] = fits
-    return data
+    return fits
 
 
 def load_parents_config(source: ParentsConfig | dict[str, Any] | str | os.PathLike) -> ParentsConfig:

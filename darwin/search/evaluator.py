@@ -24,6 +24,19 @@ from darwin.search.resident import ResidentModel, ResidentSpec
 OnDone = Callable[[int, dict[str, Any]], None]
 
 
+def role_fitness(fitness: Any, role: str) -> Any:
+    """The score function of ``role`` from a ``{role: fn}`` mapping (a plain function serves ``fitness``).
+
+    Raises:
+        KeyError: the run has no fitness for ``role``.
+    """
+    if isinstance(fitness, dict):
+        return fitness[role]
+    if role != "fitness":
+        raise KeyError(f"no {role!r} fitness configured")
+    return fitness
+
+
 def evaluate_plan(resident: ResidentModel, plan: MergePlan, fitness, worker: str = "local") -> dict[str, Any]:
     """Merge ``plan`` into the resident model and score it; any failure becomes an error record."""
     t0 = time.perf_counter()
@@ -40,8 +53,10 @@ def evaluate_plan(resident: ResidentModel, plan: MergePlan, fitness, worker: str
 class Evaluator(Protocol):
     """Scores plans; see the module doc for the record format."""
 
-    def run(self, plans: list[MergePlan], on_done: OnDone | None = None) -> list[dict[str, Any]]:
-        """Score every plan; ``on_done(index, record)`` is called as each finishes."""
+    def run(self, plans: list[MergePlan], on_done: OnDone | None = None, role: str = "fitness"
+            ) -> list[dict[str, Any]]:
+        """Score every plan with the ``role``'s fitness (``fitness``, ``selection``…);
+        ``on_done(index, record)`` is called as each finishes."""
         ...
 
     def resident(self) -> ResidentModel:
@@ -58,7 +73,7 @@ class LocalEvaluator:
 
     Args:
         spec: what the resident model is built from.
-        fitness: ``(model, tokenizer) -> Score``.
+        fitness: ``(model, tokenizer) -> Score``, or ``{role: fn}`` (``fitness``, ``selection``, ``test``).
     """
 
     def __init__(self, spec: ResidentSpec, fitness):
@@ -72,11 +87,12 @@ class LocalEvaluator:
             self._resident = self.spec.build()
         return self._resident
 
-    def run(self, plans: list[MergePlan], on_done: OnDone | None = None) -> list[dict[str, Any]]:
+    def run(self, plans: list[MergePlan], on_done: OnDone | None = None, role: str = "fitness"
+            ) -> list[dict[str, Any]]:
         """Score plans one after another in this process."""
         out = []
         for i, plan in enumerate(plans):
-            rec = evaluate_plan(self.resident(), plan, self.fitness)
+            rec = evaluate_plan(self.resident(), plan, role_fitness(self.fitness, role))
             if on_done is not None:
                 on_done(i, rec)
             out.append(rec)

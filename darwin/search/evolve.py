@@ -20,6 +20,7 @@ same result as an unbroken run.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from darwin.genome.decode import check_values, start_vector, vector_to_values
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.execute import resolve_device
+from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
 from darwin.search.baselines import best_of_grids, grid_plans
 from darwin.search.cmaes import CmaSearch
@@ -47,6 +49,7 @@ from darwin.search.resident import ResidentSpec, check_plan_shapes
 from darwin.search.runfolder import cached_json, load_history, prepare_run_folder
 from darwin.search.scoring import as_score_fn, build_fitness
 
+log = logging.getLogger("darwin.evolve")
 
 @dataclass(frozen=True, kw_only=True)
 class EvolveOptions:
@@ -82,6 +85,8 @@ class EvolveResult:
         child_dir: the written child folder (None when ``write_outputs=False``).
         constraints: the saved child measured against ``search.constraints`` (parameters counted
             from the loaded model, context window scored; also ``constraints.json``), or None.
+        winner: the baseline written as the child because it beat every candidate on the selection
+            data (greedy-soup rule), or None when the child is the best candidate.
     """
 
     out_dir: Path
@@ -90,6 +95,7 @@ class EvolveResult:
     history: list[dict[str, Any]]
     child_dir: Path | None
     constraints: dict[str, Any] | None = None
+    winner: str | None = None
 
 
 def prepare(cfg: ParentsConfig, out: Path) -> RunContext:
@@ -160,9 +166,24 @@ def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str
             for (fam, setting, _), rec in zip(flat, recs):
                 results.setdefault(fam, []).append((setting, rec))
             out.update(best_of_grids(results))
+        if ctx.cfg.selection:  # the final pick compares the child with every baseline on the selection data
+            sel_plans = {**plans, **_tuned_plans(ctx, out)}
+            names = [k for k in out if k in sel_plans]
+            for k, rec in zip(names, evaluator.run([sel_plans[k] for k in names], role="selection")):
+                out[k]["selection"] = rec["fitness"]
         return out
 
     return cached_json(ctx.out / "baselines.json", compute, indent=2)
+
+
+def _tuned_plans(ctx: RunContext, baselines: dict[str, dict[str, Any]]) -> dict[str, MergePlan]:
+    """The merge plans of the tuned baselines kept in ``baselines`` (rebuilt from their settings)."""
+    from darwin.search.baselines import plan_of_setting
+
+    assert isinstance(ctx.breeder, PairBreeder)
+    return {k: plan_of_setting(k.removeprefix("tuned "), v["setting"], ctx.breeder.a, ctx.breeder.b, ctx.cfg.base,
+                               ctx.cfg.dtype, ctx.seed)
+            for k, v in baselines.items() if k.startswith("tuned ")}
 
 
 def run_search(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions) -> EvolveResult:
@@ -182,10 +203,31 @@ def run_search(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions) -> Ev
         errors = [c["error"] for h in history for c in h["candidates"] if c.get("error")]
         first = f" (first: {errors[0]})" if errors else ""
         raise DarwinError(f"every candidate failed or violated a constraint{first}; see {hist_file} for all errors")
+    winner = selection_winner(ctx, best, baselines)
     if not opts.write_outputs:
-        return EvolveResult(ctx.out, best, baselines, history, None)
-    child = write_outputs(ctx, evaluator, best, baselines)
-    return EvolveResult(ctx.out, best, baselines, history, child.child_dir, child.constraints)
+        return EvolveResult(ctx.out, best, baselines, history, None, winner=winner[0] if winner else None)
+    child = write_outputs(ctx, evaluator, best, baselines, winner)
+    return EvolveResult(ctx.out, best, baselines, history, child.child_dir, child.constraints,
+                        winner=winner[0] if winner else None)
+
+
+def selection_winner(ctx: RunContext, best: dict[str, Any], baselines: dict[str, dict[str, Any]]
+                     ) -> tuple[str, MergePlan] | None:
+    """The final pick's greedy-soup rule: the baseline (parent, uniform, tuned merge) whose selection
+    score beats the best candidate's, if any; None when the candidate wins or there is no selection data."""
+    if not ctx.cfg.selection:
+        return None
+    scored = {k: v["selection"] for k, v in baselines.items() if v.get("selection") is not None}
+    if not scored:
+        return None
+    name = max(scored, key=lambda k: scored[k])
+    if best.get("selection") is not None and best["selection"] >= scored[name]:
+        return None
+    log.warning("%s beats every candidate on the selection data (%.6g vs %.6g): it is the child",
+                name, scored[name], best.get("selection") if best.get("selection") is not None else float("nan"))
+    plans = {**ctx.breeder.baselines(), **(_tuned_plans(ctx, baselines) if isinstance(ctx.breeder, PairBreeder)
+                                           else {})}
+    return name, plans[name]
 
 
 def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike,
@@ -206,7 +248,10 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
     opts = options or EvolveOptions()
     cfg = load_parents_config(config)
     ctx = prepare(cfg, Path(out_dir).expanduser().resolve())
-    fit = as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))
+    fit: dict[str, Any] = {"fitness": as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))}
+    for role in ("selection", "test"):
+        if getattr(cfg, role):
+            fit[role] = build_fitness(getattr(cfg, role))
     workers, address = _placement(cfg, opts)
     check_start(ctx)
     evaluator = make_evaluator(ctx, fit, workers, address)  # Ray workers that cannot start fail before the folder

@@ -6,7 +6,8 @@ generation to a :class:`LoopEvents` (the run's progress bar, ``history.jsonl`` a
 
 A generation record is ``{"generation", "candidates", "sigma", "elapsed_s", "best_so_far"}``; a
 candidate record is ``{"x", "genes", "parameters", "fitness", "components", "error", "seconds",
-"worker"}`` plus ``"violation"`` for a candidate outside ``search.constraints`` (never scored).
+"worker"}`` plus ``"violation"`` for a candidate outside ``search.constraints`` (never scored) and
+``"selection"`` for the generation's top-k candidates when the run has selection data.
 """
 
 from __future__ import annotations
@@ -46,6 +47,36 @@ def best_candidate(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
+def best_on_selection(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The candidate with the highest ``selection`` score (first on ties), with its generation."""
+    best = None
+    for rec in history:
+        for c in rec["candidates"]:
+            if c.get("selection") is not None and (best is None or c["selection"] > best["selection"]):
+                best = {**c, "generation": rec["generation"]}
+    return best
+
+
+def stalled(history: list[dict[str, Any]], patience: int | None) -> bool:
+    """Whether the last ``patience`` generations brought no selection gain (early stopping)."""
+    if patience is None or len(history) <= patience:
+        return False
+    best_gen, best = -1, None
+    for rec in history:
+        for c in rec["candidates"]:
+            if c.get("selection") is not None and (best is None or c["selection"] > best):
+                best, best_gen = c["selection"], rec["generation"]
+    return history[-1]["generation"] - best_gen >= patience
+
+
+def _select(ctx: RunContext, evaluator: Evaluator, cands: list[dict[str, Any]], plans: list[MergePlan]) -> None:
+    """Score the generation's top-k candidates (by fitness) on the selection data, in place."""
+    scored = sorted((i for i, c in enumerate(cands) if c.get("fitness") is not None),
+                    key=lambda i: -cands[i]["fitness"])[: ctx.cfg.search.selection_top_k]
+    for i, rec in zip(scored, evaluator.run([plans[i] for i in scored], role="selection")):
+        cands[i]["selection"] = rec["fitness"]
+
+
 def _unscored(error: str | None, violation: float) -> dict[str, Any]:
     return {"fitness": None, "components": {}, "error": error, "seconds": 0.0, "worker": None,
             "violation": round(violation, 6)}
@@ -80,19 +111,28 @@ def run_generation(ctx: RunContext, search: CmaSearch, evaluator: Evaluator, gen
     cands = [{"x": x, "genes": values, "parameters": plan.num_parameters, **rec}
              for x, (values, plan), rec in zip(xs, decoded, records)]
     search.tell(xs, cands)
+    if ctx.cfg.selection:
+        _select(ctx, evaluator, cands, [plan for _, plan in decoded])
     return {"generation": generation, "candidates": cands, "sigma": search.sigma}
 
 
 def search_loop(ctx: RunContext, search: CmaSearch, evaluator: Evaluator, history: list[dict[str, Any]],
                 events: LoopEvents) -> dict[str, Any] | None:
-    """Run the generations ``history`` does not hold yet; returns the best candidate (None if none scored).
+    """Run the generations ``history`` does not hold yet; returns the best candidate (None if none
+    scored): the best on the selection data when the run has one, else the best on the fitness.
 
-    ``history`` (already replayed into ``search``) is extended in place.
+    ``history`` (already replayed into ``search``) is extended in place. With ``search.patience`` the
+    loop stops once that many generations brought no selection gain (a resumed run stops at the
+    same generation: the rule reads only the history).
     """
     n_gen = ctx.cfg.search.num_generations(len(ctx.genes))
     best = best_candidate(history)
     t_start = time.perf_counter()
     for g in range(len(history), n_gen):
+        if stalled(history, ctx.cfg.search.patience):
+            log.info("early stop after generation %d: %d generations without a selection gain",
+                     history[-1]["generation"], ctx.cfg.search.patience)
+            break
         record = run_generation(ctx, search, evaluator, g, events)
         record["elapsed_s"] = round(time.perf_counter() - t_start, 3)
         gbest = best_candidate([record])
@@ -101,4 +141,4 @@ def search_loop(ctx: RunContext, search: CmaSearch, evaluator: Evaluator, histor
         record["best_so_far"] = best["fitness"] if best else None
         history.append(record)
         events.generation(record, history)
-    return best
+    return best_on_selection(history) if ctx.cfg.selection else best

@@ -130,10 +130,36 @@ def write_child_folder(ctx: RunContext, plan: MergePlan, sections: list[str], li
     return ChildOutputs(ctx.out / "child", report)
 
 
-def write_outputs(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any], baselines: dict[str, Any]
-                  ) -> ChildOutputs:
-    """Everything a finished run writes besides its history (see module doc)."""
+def baseline_recipe(ctx: RunContext, name: str, baselines: dict[str, Any]) -> dict[str, Any]:
+    """A plain mergekit recipe that rebuilds baseline ``name`` (a parent, the uniform 0.5, a tuned merge)."""
+    from darwin.search.baselines import recipe_of_setting
+
+    b = ctx.breeder
+    a_ref, b_ref = absolute_if_local(b.parents[0]), absolute_if_local(b.parents[1])
+    if name.startswith("tuned "):
+        base = absolute_if_local(ctx.cfg.base) if ctx.cfg.base else None
+        return recipe_of_setting(name.removeprefix("tuned "), baselines[name]["setting"], a_ref, b_ref, base,
+                                 ctx.cfg.dtype, ctx.seed)
+    if name in ("parent A", "parent B"):
+        return {"merge_method": "passthrough", "dtype": ctx.cfg.dtype,
+                "models": [{"model": a_ref if name == "parent A" else b_ref}]}
+    return {"merge_method": "linear", "dtype": ctx.cfg.dtype,
+            "models": [{"model": a_ref, "parameters": {"weight": 0.5}}, {"model": b_ref, "parameters": {"weight": 0.5}}]}
+
+
+def write_outputs(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any], baselines: dict[str, Any],
+                  winner: tuple[str, MergePlan] | None = None) -> ChildOutputs:
+    """Everything a finished run writes besides its history (see module doc).
+
+    ``winner``: a baseline (name, plan) that beat every candidate on the selection data; it is then
+    the child, and ``recipe.yaml`` is its plain mergekit recipe (``best_genome.yaml`` still records
+    the best candidate).
+    """
     plan = write_genome_files(ctx, best)
+    if winner is not None:
+        name, plan = winner
+        write_text_atomic(ctx.out / "recipe.yaml", f"# {name}: it beat every candidate on the selection data\n"
+                          + yaml.safe_dump(baseline_recipe(ctx, name, baselines), sort_keys=False))
     health = child_health(ctx, evaluator, plan)
     write_json_atomic(ctx.out / "health.json", health)
     sections, lineage = card_sections(ctx, best, baselines, health)

@@ -26,7 +26,7 @@ from typing import Any
 
 from darwin.errors import DarwinError
 from darwin.plan.plan import MergePlan
-from darwin.search.evaluator import OnDone, evaluate_plan
+from darwin.search.evaluator import OnDone, evaluate_plan, role_fitness
 from darwin.search.resident import ResidentModel, ResidentSpec
 
 log = logging.getLogger("darwin.ray")
@@ -65,9 +65,9 @@ class _Worker:
         """This worker's label (``w0@host:pid``) once the parents are loaded."""
         return self.label
 
-    def score(self, plan: MergePlan) -> dict[str, Any]:
-        """One candidate's fitness record."""
-        return evaluate_plan(self.resident, plan, self.fitness, self.label)
+    def score(self, plan: MergePlan, role: str = "fitness") -> dict[str, Any]:
+        """One candidate's fitness record for ``role``."""
+        return evaluate_plan(self.resident, plan, role_fitness(self.fitness, role), self.label)
 
 
 class RayEvaluator:
@@ -138,8 +138,9 @@ class RayEvaluator:
         """A resident model in the driver process (built here; the actors' stay remote)."""
         return self.spec.build()
 
-    def run(self, plans: list[MergePlan], on_done: OnDone | None = None) -> list[dict[str, Any]]:
-        """Score ``plans`` on the actors; records come back in plan order.
+    def run(self, plans: list[MergePlan], on_done: OnDone | None = None, role: str = "fitness"
+            ) -> list[dict[str, Any]]:
+        """Score ``plans`` on the actors with the ``role``'s fitness; records come back in plan order.
 
         Raises:
             DarwinError: every worker died and no replacement could be started.
@@ -153,7 +154,7 @@ class RayEvaluator:
         while queue or inflight:
             while queue and idle:
                 slot, i = idle.pop(0), queue.popleft()
-                inflight[self.actors[slot].score.remote(plans[i])] = (i, slot)
+                inflight[self.actors[slot].score.remote(plans[i], role)] = (i, slot)
             if not inflight:
                 raise DarwinError("every Ray worker died; no candidates can be scored")
             [ref], _ = ray.wait(list(inflight), num_returns=1)

@@ -96,8 +96,15 @@ def _check_resumable(out: Path, snapshot: dict[str, Any]) -> None:
     for key in PLACEMENT_KEYS:
         old.get("search", {}).pop(key, None)
     old.pop("placement", None)
-    old.setdefault("fitness_dtype", "float32")  # runs started before the key scored in float32
-    old.setdefault("baselines", snapshot.get("baselines"))  # older runs: their baselines.json is kept as is
+    if "fitness_dtype" not in old:  # started before the fast path: other masks, float32 scores
+        raise RecipeError(f"{out}/run.json: this run was started by an older darwin (cpu_generator masks, float32 "
+                          "scoring); its remaining candidates would be merged differently. Finish it with that "
+                          "version, or start it again with --force")
+    # keys added since (defaults reproduce what those runs did: no selection data, cached baselines)
+    for key, default in (("baselines", snapshot.get("baselines")), ("selection", []), ("test", [])):
+        old.setdefault(key, default)
+    for key in ("selection_top_k", "patience"):
+        old.get("search", {}).setdefault(key, snapshot["search"].get(key))
     if old != snapshot:
         keys = sorted(k for k in set(old) | set(snapshot) if old.get(k) != snapshot.get(k))
         raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with "

@@ -70,3 +70,21 @@ def counted_nll(model, tokenizer) -> float:
     with open(os.environ["DARWIN_TEST_CALLS"], "a") as f:
         f.write("call\n")
     return nll_fixed_ids(model, tokenizer)
+
+
+def weight_noise(model, tokenizer) -> float:
+    """Pure noise: a deterministic pseudo-random number of the weights (nothing to learn)."""
+    s = float(model.state_dict()["model.layers.0.mlp.up_proj.weight"].double().sum())
+    return (int(abs(s) * 1e9) % 10_007) / 10_007
+
+
+def distance_to_uniform(model, tokenizer) -> float:
+    """Minus the L2 distance of the weights to 0.5·A + 0.5·B: the uniform merge is the optimum (0)."""
+    a = load_file(os.path.join(os.environ["DARWIN_TEST_A"], "model.safetensors"))
+    b = load_file(os.path.join(os.environ["DARWIN_TEST_B"], "model.safetensors"))
+    sd = model.state_dict()
+    return -math.sqrt(sum(float(((sd[k].float() - 0.5 * a[k].float() - 0.5 * b[k].float()) ** 2).sum()) for k in a))
+
+
+def constant_zero(model, tokenizer) -> float:
+    return 0.0
