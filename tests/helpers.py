@@ -14,6 +14,7 @@ def evolve_cfg(demo: dict[str, Path], fitness: list[dict[str, Any]], population:
     c: dict[str, Any] = {"parents": [str(demo["parent_a"]), str(demo["parent_b"])], "genome": "darwin14",
                          "mri": {"enabled": mri}, "fitness": fitness,
                          "search": {"population": population, "generations": generations, "sigma0": 0.5, "seed": 0},
-                         "fitness_dtype": "float32"}
+                         "fitness_dtype": "float32",
+                         "baselines": {"enabled": False}}  # tuned grids have their own tests (test_evolve)
     c.update(extra)
     return c

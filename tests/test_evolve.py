@@ -213,6 +213,7 @@ def test_tuned_uniform_baselines_find_the_planted_weight(demo, target_env, tmp_p
 
     cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=2, generations=1)
     cfg["base"] = str(demo["base"])
+    cfg["baselines"] = {}  # the default grids
     res = darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False)
     lin = res.baselines["tuned linear"]
     assert lin["setting"] == {"weight_b": 0.3} and lin["fitness"] > -1e-4
@@ -233,6 +234,7 @@ def test_selection_refuses_an_overfit_candidate(demo, target_env, tmp_path):
     candidate is noise, so the final pick is a baseline (the uniform merge) and it is the child."""
     cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:weight_noise"}], population=4, generations=2)
     cfg["selection"] = [{"python": f"{FITNESS_FILE}:distance_to_uniform"}]
+    cfg["baselines"] = {}  # the default grids
     res = darwin.evolve(cfg, tmp_path / "run", progress=False)
     assert res.winner in ("uniform 0.5", "tuned linear")
     assert res.baselines[res.winner]["selection"] > -1e-5

@@ -78,11 +78,15 @@ def test_real_mri_and_evolve(real):
                                        "window": 128}, "weight": 0.5},
                        {"perplexity": {"files": [str(real["data"] / "search_code.txt")], "max_tokens": 128,
                                        "window": 128}, "weight": 0.5}],
-           "search": {"population": 3, "generations": 2, "sigma0": 0.5, "seed": 0}}
+           "search": {"population": 3, "generations": 2, "sigma0": 0.5, "seed": 0},
+           # small tuned-baseline grids: the defaults (42 merges with a base) would dominate the test's time
+           "baselines": {"linear": [0.3, 0.7], "slerp": [], "task_arithmetic": [],
+                         "ties": {"density": [0.5], "lambda": [1.0]}, "dare_ties": {"density": [], "lambda": []}}}
     (root / "parents.yaml").write_text(yaml.safe_dump(cfg))
     run = darwin.evolve(root / "parents.yaml", root / "run", progress=False)
     assert len(run.history) == 2 and run.best["fitness"] is not None
     base_fits = {k: v["fitness"] for k, v in run.baselines.items()}
+    assert {"tuned linear", "tuned ties"} <= set(base_fits)
     assert all(v is not None and v < 0 for v in base_fits.values())
     model = AutoModelForCausalLM.from_pretrained(run.child_dir).eval()
     tok = AutoTokenizer.from_pretrained(run.child_dir)
