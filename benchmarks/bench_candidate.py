@@ -32,16 +32,11 @@ sys.path.insert(0, str(HERE))
 
 
 def parents(scale: str, work: Path) -> tuple[str, str, str]:
-    """(base, parent A, parent B) folders at ``scale``."""
-    if scale == "tiny":
-        from darwin.demo import build_demo_models
+    """(base, parent A, parent B) folders at ``scale`` (the same as bench_commits.py's)."""
+    from bench_commits import parents as commit_parents
 
-        d = build_demo_models(work / "tiny")
-        return str(d["base"]), str(d["parent_a"]), str(d["parent_b"])
-    from bench_merge import build_parents
-
-    folders = build_parents(work / "synthetic")
-    return str(folders[0]), str(folders[1]), str(folders[2])
+    a, b, base = commit_parents(scale, work)
+    return base, a, b
 
 
 def worker(scale: str, work: Path, n: int, resident_dtype: str = "float32") -> dict:

@@ -208,7 +208,7 @@ def test_genome_missing_a_decoder_gene_and_zero_budget(demo, tmp_path):
 def test_tuned_uniform_baselines_find_the_planted_weight(demo, target_env, tmp_path):
     """Fitness = −‖θ − (0.7·A + 0.3·B)‖: the tuned linear baseline is w_B = 0.3 (fitness ≈ 0), far
     better than the default 0.5; every family's grid is kept; the recipes are plain mergekit ones."""
-    from darwin.search.baselines import grid_recipes
+    from darwin.search.baselines import PairRefs, grid_recipes
     from darwin.search.config import BaselinesConfig
 
     cfg = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=2, generations=1)
@@ -223,7 +223,7 @@ def test_tuned_uniform_baselines_find_the_planted_weight(demo, target_env, tmp_p
     assert len(res.baselines["tuned ties"]["grid"]) == 9
     recipes = grid_recipes(BaselinesConfig(linear=[0.25], slerp=[], task_arithmetic=[],
                                            ties={"density": [], "lambda": []}, dare_ties={"density": [], "lambda": []}),
-                           "A", "B", None, "float32")
+                           PairRefs("A", "B", None, "float32"))
     assert recipes == {"linear": [({"weight_b": 0.25}, {
         "merge_method": "linear", "dtype": "float32", "seed": 0, "parameters": {"normalize": False},
         "models": [{"model": "A", "parameters": {"weight": 0.75}}, {"model": "B", "parameters": {"weight": 0.25}}]})]}

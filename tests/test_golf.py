@@ -88,7 +88,8 @@ def test_constraint_violating_candidates_are_never_evaluated(demo, tmp_path, mon
     size = _loaded_count(demo["parent_a"])
     cfg = {"parents": [str(demo["parent_a"]), str(demo["parent_b"])], "genome": "darwin14", "mri": {"enabled": False},
            "fitness": [{"python": f"{FITNESS_FILE}:counted_nll"}],
-           "search": {"population": 4, "generations": 2, "seed": 0, "constraints": {"max_params": size - 1}}}
+           "search": {"population": 4, "generations": 2, "seed": 0, "constraints": {"max_params": size - 1}},
+           "baselines": {"enabled": False}}
     with pytest.raises(DarwinError, match="violated a constraint"):
         darwin.evolve(cfg, tmp_path / "run", progress=False, write_outputs=False)
     assert len(calls.read_text().splitlines()) == 3  # the three baselines only

@@ -18,6 +18,33 @@ from darwin.errors import DarwinError
 from darwin.io.textfiles import collect_files
 
 
+@torch.no_grad()
+def sequence_nll(model, seqs: list[torch.Tensor], batch_size: int) -> list[tuple[float, int]]:
+    """Per sequence (``[T]`` int64, T ≥ 2): the NLL sum in nats of its predicted tokens and their count.
+
+    Sequences are right-padded into batches of ``batch_size`` with an attention mask; the
+    cross-entropy is taken one sequence at a time, so the float32 log-softmax is ``[T, V]``, never
+    ``[B, T, V]``.
+    """
+    device = next(model.parameters()).device
+    out: list[tuple[float, int]] = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        lens = [w.numel() for w in chunk]
+        batch = torch.zeros(len(chunk), max(lens), dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for j, w in enumerate(chunk):
+            batch[j, : lens[j]] = w
+            mask[j, : lens[j]] = 1
+        logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
+        tgt = batch[:, 1:].to(device)
+        for j, n in enumerate(lens):
+            nll = torch.nn.functional.cross_entropy(logits[j, : n - 1].float(), tgt[j, : n - 1], reduction="sum")
+            out.append((float(nll.double()), n - 1))
+        del logits
+    return out
+
+
 class PerplexityFitness:
     """``−log(perplexity)`` of a model on fixed token windows of local text.
 
@@ -64,24 +91,8 @@ class PerplexityFitness:
     @torch.no_grad()
     def nll_sum(self, model, tokenizer) -> tuple[float, int]:
         """Total negative log-likelihood (nats) of the predicted tokens, and their count."""
-        windows = self.windows(tokenizer)
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for i in range(0, len(windows), self.batch_size):
-            chunk = windows[i:i + self.batch_size]
-            lens = [w.numel() for w in chunk]
-            batch = torch.zeros(len(chunk), max(lens), dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for j, w in enumerate(chunk):
-                batch[j, : lens[j]] = w
-                mask[j, : lens[j]] = 1
-            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
-            tgt = batch[:, 1:].to(device)
-            for j, n in enumerate(lens):  # one window at a time: the float32 log-softmax is [T, V], not [B, T, V]
-                nll = torch.nn.functional.cross_entropy(logits[j, : n - 1].float(), tgt[j, : n - 1], reduction="sum")
-                total += float(nll.double())
-                count += n - 1
-            del logits
+        per = sequence_nll(model, self.windows(tokenizer), self.batch_size)
+        total, count = sum(t for t, _ in per), sum(c for _, c in per)
         return total, count
 
     def __call__(self, model, tokenizer) -> float:
@@ -174,24 +185,7 @@ class DocumentFitness:
     @torch.no_grad()
     def doc_nll(self, model, tokenizer) -> list[tuple[float, int]]:
         """Per document: (NLL sum in nats of its predicted tokens, their count)."""
-        docs = self.token_ids(tokenizer)
-        device = next(model.parameters()).device
-        out: list[tuple[float, int]] = []
-        for i in range(0, len(docs), self.batch_size):
-            chunk = docs[i:i + self.batch_size]
-            lens = [w.numel() for w in chunk]
-            batch = torch.zeros(len(chunk), max(lens), dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for j, w in enumerate(chunk):
-                batch[j, : lens[j]] = w
-                mask[j, : lens[j]] = 1
-            logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
-            tgt = batch[:, 1:].to(device)
-            for j, n in enumerate(lens):
-                nll = torch.nn.functional.cross_entropy(logits[j, : n - 1].float(), tgt[j, : n - 1], reduction="sum")
-                out.append((float(nll.double()), n - 1))
-            del logits
-        return out
+        return sequence_nll(model, self.token_ids(tokenizer), self.batch_size)
 
     def doc_scores(self, model, tokenizer) -> list[float]:
         """Per-document scores (higher is better), in :meth:`document_names` order."""

@@ -17,6 +17,7 @@ plain mergekit recipes: ``darwin merge`` and ``mergekit-yaml`` both run them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from darwin.plan.plan import MergePlan
@@ -24,49 +25,60 @@ from darwin.plan.run import plan_recipe
 from darwin.search.config import BaselinesConfig, DensityLambdaGrid
 
 
-def _two(method: str, a: str, b: str, params_a: dict, params_b: dict, dtype: str, base: str | None = None,
-         shared: dict | None = None, seed: int = 0) -> dict[str, Any]:
-    rec: dict[str, Any] = {"merge_method": method, "dtype": dtype, "seed": seed,
-                           "models": [{"model": a, "parameters": params_a}, {"model": b, "parameters": params_b}]}
-    if base is not None:
-        rec["base_model"] = base
+@dataclass(frozen=True)
+class PairRefs:
+    """The two parents, the optional base, the child dtype and the mask seed of the grid recipes."""
+
+    a: str
+    b: str
+    base: str | None
+    dtype: str
+    seed: int = 0
+
+
+def _two(method: str, pair: PairRefs, params: tuple[dict, dict], shared: dict | None = None,
+         with_base: bool = False) -> dict[str, Any]:
+    rec: dict[str, Any] = {"merge_method": method, "dtype": pair.dtype, "seed": pair.seed,
+                           "models": [{"model": pair.a, "parameters": params[0]},
+                                      {"model": pair.b, "parameters": params[1]}]}
+    if with_base:
+        rec["base_model"] = pair.base
     if shared:
         rec["parameters"] = shared
     return rec
 
 
-def grid_recipes(cfg: BaselinesConfig, a: str, b: str, base: str | None, dtype: str, seed: int = 0
-                 ) -> dict[str, list[tuple[dict[str, float], dict[str, Any]]]]:
+def grid_recipes(cfg: BaselinesConfig, pair: PairRefs) -> dict[str, list[tuple[dict[str, float], dict[str, Any]]]]:
     """family → [(setting, mergekit recipe)] for the configured grids (families needing a base are
     left out without one)."""
     fams: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
     if cfg.linear:
-        fams["linear"] = [({"weight_b": w}, _two("linear", a, b, {"weight": 1 - w}, {"weight": w}, dtype,
-                                                 shared={"normalize": False})) for w in cfg.linear]
+        fams["linear"] = [({"weight_b": w}, _two("linear", pair, ({"weight": 1 - w}, {"weight": w}),
+                                                 {"normalize": False})) for w in cfg.linear]
     if cfg.slerp:
         # mergekit's slerp interpolates from its base_model (A here) toward the other model
-        fams["slerp"] = [({"t": t}, {"merge_method": "slerp", "dtype": dtype, "base_model": a, "parameters": {"t": t},
-                                     "models": [{"model": a}, {"model": b}]}) for t in cfg.slerp]
-    if base is None:
+        fams["slerp"] = [({"t": t}, {"merge_method": "slerp", "dtype": pair.dtype, "base_model": pair.a,
+                                     "parameters": {"t": t}, "models": [{"model": pair.a}, {"model": pair.b}]})
+                         for t in cfg.slerp]
+    if pair.base is None:
         return fams
+    ones = ({"weight": 1.0}, {"weight": 1.0})
     if cfg.task_arithmetic:
-        fams["task_arithmetic"] = [({"lambda": lam}, _two("task_arithmetic", a, b, {"weight": 1.0}, {"weight": 1.0},
-                                                          dtype, base, {"lambda": lam}))
+        fams["task_arithmetic"] = [({"lambda": lam}, _two("task_arithmetic", pair, ones, {"lambda": lam}, True))
                                    for lam in cfg.task_arithmetic]
     for fam in ("ties", "dare_ties"):
         g = getattr(cfg, fam)
         fams[fam] = [({"density": d, "lambda": lam},
-                      _two(fam, a, b, {"weight": 1.0, "density": d}, {"weight": 1.0, "density": d}, dtype, base,
-                           {"lambda": lam, "normalize": True}, seed))
+                      _two(fam, pair, ({"weight": 1.0, "density": d}, {"weight": 1.0, "density": d}),
+                           {"lambda": lam, "normalize": True}, True))
                      for d in g.density for lam in g.lam]
     return {k: v for k, v in fams.items() if v}
 
 
-def grid_plans(cfg: BaselinesConfig, a: str, b: str, base: str | None, dtype: str, seed: int = 0
-               ) -> dict[str, list[tuple[dict[str, float], MergePlan]]]:
+def grid_plans(cfg: BaselinesConfig, pair: PairRefs) -> dict[str, list[tuple[dict[str, float], MergePlan]]]:
     """:func:`grid_recipes` decoded into merge plans (no weights read)."""
     return {fam: [(setting, plan_recipe(rec)[0]) for setting, rec in pts]
-            for fam, pts in grid_recipes(cfg, a, b, base, dtype, seed).items()}
+            for fam, pts in grid_recipes(cfg, pair).items()}
 
 
 def best_of_grids(results: dict[str, list[tuple[dict[str, float], dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
@@ -83,8 +95,7 @@ def best_of_grids(results: dict[str, list[tuple[dict[str, float], dict[str, Any]
     return out
 
 
-def recipe_of_setting(family: str, setting: dict[str, float], a: str, b: str, base: str | None, dtype: str,
-                      seed: int = 0) -> dict[str, Any]:
+def recipe_of_setting(family: str, setting: dict[str, float], pair: PairRefs) -> dict[str, Any]:
     """The mergekit recipe of one grid point (``family`` and its ``setting`` as in ``baselines.json``)."""
     def empty() -> DensityLambdaGrid:
         return DensityLambdaGrid.model_validate({"density": [], "lambda": []})
@@ -99,10 +110,9 @@ def recipe_of_setting(family: str, setting: dict[str, float], a: str, b: str, ba
     else:
         getattr(one, family).density = [setting["density"]]
         getattr(one, family).lam = [setting["lambda"]]
-    return grid_recipes(one, a, b, base, dtype, seed)[family][0][1]
+    return grid_recipes(one, pair)[family][0][1]
 
 
-def plan_of_setting(family: str, setting: dict[str, float], a: str, b: str, base: str | None, dtype: str,
-                    seed: int = 0) -> MergePlan:
+def plan_of_setting(family: str, setting: dict[str, float], pair: PairRefs) -> MergePlan:
     """:func:`recipe_of_setting` decoded into a merge plan."""
-    return plan_recipe(recipe_of_setting(family, setting, a, b, base, dtype, seed))[0]
+    return plan_recipe(recipe_of_setting(family, setting, pair))[0]

@@ -35,7 +35,7 @@ from darwin.io.checkpoint import Checkpoint
 from darwin.plan.execute import resolve_device
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
-from darwin.search.baselines import best_of_grids, grid_plans
+from darwin.search.baselines import PairRefs, best_of_grids, grid_plans
 from darwin.search.cmaes import CmaSearch
 from darwin.search.config import ParentsConfig, load_parents_config
 from darwin.search.constraints import check_context
@@ -159,7 +159,7 @@ def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str
         out = dict(zip(plans, evaluator.run(list(plans.values()))))
         bcfg = ctx.cfg.baselines
         if bcfg.enabled and isinstance(ctx.breeder, PairBreeder):
-            grids = grid_plans(bcfg, ctx.breeder.a, ctx.breeder.b, ctx.cfg.base, ctx.cfg.dtype, ctx.seed)
+            grids = grid_plans(bcfg, _pair_refs(ctx))
             flat = [(fam, setting, plan) for fam, pts in grids.items() for setting, plan in pts]
             recs = evaluator.run([p for _, _, p in flat])
             results: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
@@ -180,10 +180,13 @@ def _tuned_plans(ctx: RunContext, baselines: dict[str, dict[str, Any]]) -> dict[
     """The merge plans of the tuned baselines kept in ``baselines`` (rebuilt from their settings)."""
     from darwin.search.baselines import plan_of_setting
 
-    assert isinstance(ctx.breeder, PairBreeder)
-    return {k: plan_of_setting(k.removeprefix("tuned "), v["setting"], ctx.breeder.a, ctx.breeder.b, ctx.cfg.base,
-                               ctx.cfg.dtype, ctx.seed)
+    return {k: plan_of_setting(k.removeprefix("tuned "), v["setting"], _pair_refs(ctx))
             for k, v in baselines.items() if k.startswith("tuned ")}
+
+
+def _pair_refs(ctx: RunContext) -> PairRefs:
+    assert isinstance(ctx.breeder, PairBreeder)  # tuned baselines are for pair genomes
+    return PairRefs(ctx.breeder.a, ctx.breeder.b, ctx.cfg.base, ctx.cfg.dtype, ctx.seed)
 
 
 def run_search(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions) -> EvolveResult:

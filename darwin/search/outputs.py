@@ -132,14 +132,14 @@ def write_child_folder(ctx: RunContext, plan: MergePlan, sections: list[str], li
 
 def baseline_recipe(ctx: RunContext, name: str, baselines: dict[str, Any]) -> dict[str, Any]:
     """A plain mergekit recipe that rebuilds baseline ``name`` (a parent, the uniform 0.5, a tuned merge)."""
-    from darwin.search.baselines import recipe_of_setting
+    from darwin.search.baselines import PairRefs, recipe_of_setting
 
     b = ctx.breeder
     a_ref, b_ref = absolute_if_local(b.parents[0]), absolute_if_local(b.parents[1])
     if name.startswith("tuned "):
         base = absolute_if_local(ctx.cfg.base) if ctx.cfg.base else None
-        return recipe_of_setting(name.removeprefix("tuned "), baselines[name]["setting"], a_ref, b_ref, base,
-                                 ctx.cfg.dtype, ctx.seed)
+        return recipe_of_setting(name.removeprefix("tuned "), baselines[name]["setting"],
+                                 PairRefs(a_ref, b_ref, base, ctx.cfg.dtype, ctx.seed))
     if name in ("parent A", "parent B"):
         return {"merge_method": "passthrough", "dtype": ctx.cfg.dtype,
                 "models": [{"model": a_ref if name == "parent A" else b_ref}]}
