@@ -130,12 +130,18 @@ def family_apply(xs: Sequence[torch.Tensor], base: torch.Tensor, method: str, *,
             raise ValueError(f"{method} needs per-tensor seeds")
         qs = [keep_level(r) for r in rho]
 
+    # |δ| ≥ thr ⟺ |δ| > the float32 just below thr: hardshrink's strict rule, λ computed once per parent
+    shrink = [None if t is None or t == math.inf or t <= 0 else
+              float(torch.nextafter(torch.tensor(t, dtype=torch.float32), torch.tensor(0.0)))
+              for t in thr]
+
     def kept(i: int, d: torch.Tensor, lo: int, hi: int, m: torch.Tensor) -> torch.Tensor:
-        """Sparsify tile ``d`` of parent i in place."""
-        if thr[i] is not None:
-            th = float(thr[i])  # type: ignore[arg-type]  # checked just above
-            return d.zero_() if th == math.inf else torch.nn.functional.hardshrink(
-                d, float(torch.nextafter(torch.tensor(th), torch.tensor(0.0)))) if th > 0 else d
+        """Sparsify tile ``d`` of parent i (in place, or a new tensor for the magnitude trim)."""
+        if thr[i] == math.inf:
+            return d.zero_()
+        lam_i = shrink[i]
+        if lam_i is not None:
+            return torch.nn.functional.hardshrink(d, lam_i)
         if cfg.sparsify == "random" and qs[i] < MASK_LEVELS:
             assert seeds is not None  # checked above
             return d.mul_(torch.lt(mask_levels(int(seeds[i]), lo, hi - lo, dev), qs[i], out=m))

@@ -75,10 +75,14 @@ def _stream_of(task: TensorTask):
     return spec.stream if spec.stream is not None and spec.stream.applies(task.shared) else None
 
 
+def _static_params(task: TensorTask) -> tuple:
+    """The task's non-float (genome-independent) shared parameters, sorted."""
+    return tuple(sorted((k, v) for k, v in task.shared.items() if not isinstance(v, float)))
+
+
 def task_key(task: TensorTask) -> tuple:
     """What a streamed kernel's invariants depend on: method, sources, seeds and static parameters."""
-    static = tuple(sorted((k, v) for k, v in task.shared.items() if not isinstance(v, float)))
-    return (task.method, tuple(task.inputs), task.base, tuple(task.seeds or ()), static)
+    return (task.method, tuple(task.inputs), task.base, tuple(task.seeds or ()), _static_params(task))
 
 
 class InvariantCache:
@@ -134,8 +138,7 @@ def run_streamed(task: TensorTask, load: Callable[[str, str], torch.Tensor], out
 
 
 def _static_key(task: TensorTask) -> tuple:
-    static = tuple(sorted((k, v) for k, v in task.shared.items() if not isinstance(v, float)))
-    return (task.method, task.shape, len(task.inputs), task.base is not None, static)
+    return (task.method, task.shape, len(task.inputs), task.base is not None, _static_params(task))
 
 
 def batches(tasks: list[TensorTask], batch_bytes: int = DEFAULT_BATCH_BYTES) -> list[list[TensorTask]]:

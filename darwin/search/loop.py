@@ -37,22 +37,13 @@ class LoopEvents(Protocol):
         ...
 
 
-def best_candidate(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The highest-fitness scored candidate of ``history`` (first one on ties), with its generation."""
+def best_candidate(history: list[dict[str, Any]], key: str = "fitness") -> dict[str, Any] | None:
+    """The scored candidate of ``history`` with the highest ``key`` (``fitness`` or ``selection``;
+    first one on ties), with its generation."""
     best = None
     for rec in history:
         for c in rec["candidates"]:
-            if c.get("fitness") is not None and (best is None or c["fitness"] > best["fitness"]):
-                best = {**c, "generation": rec["generation"]}
-    return best
-
-
-def best_on_selection(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The candidate with the highest ``selection`` score (first on ties), with its generation."""
-    best = None
-    for rec in history:
-        for c in rec["candidates"]:
-            if c.get("selection") is not None and (best is None or c["selection"] > best["selection"]):
+            if c.get(key) is not None and (best is None or c[key] > best[key]):
                 best = {**c, "generation": rec["generation"]}
     return best
 
@@ -61,12 +52,8 @@ def stalled(history: list[dict[str, Any]], patience: int | None) -> bool:
     """Whether the last ``patience`` generations brought no selection gain (early stopping)."""
     if patience is None or len(history) <= patience:
         return False
-    best_gen, best = -1, None
-    for rec in history:
-        for c in rec["candidates"]:
-            if c.get("selection") is not None and (best is None or c["selection"] > best):
-                best, best_gen = c["selection"], rec["generation"]
-    return history[-1]["generation"] - best_gen >= patience
+    best = best_candidate(history, "selection")
+    return history[-1]["generation"] - (best["generation"] if best else -1) >= patience
 
 
 def _select(ctx: RunContext, evaluator: Evaluator, cands: list[dict[str, Any]], plans: list[MergePlan]) -> None:
@@ -141,4 +128,4 @@ def search_loop(ctx: RunContext, search: CmaSearch, evaluator: Evaluator, histor
         record["best_so_far"] = best["fitness"] if best else None
         history.append(record)
         events.generation(record, history)
-    return best_on_selection(history) if ctx.cfg.selection else best
+    return best_candidate(history, "selection") if ctx.cfg.selection else best
