@@ -65,7 +65,7 @@ def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool 
 
 def evolve(config: Any, out_dir: str | os.PathLike, *, resume: bool = False, force: bool = False,
            fitness: Any = None, progress: bool = True, write_outputs: bool = True, workers: int | None = None,
-           address: str | None = None) -> EvolveResult:
+           address: str | None = None, baselines_only: bool = False) -> EvolveResult:
     """Breed a child with CMA-ES (``darwin evolve``; the steps: :mod:`darwin.search.evolve`).
 
     Args:
@@ -79,6 +79,8 @@ def evolve(config: Any, out_dir: str | os.PathLike, *, resume: bool = False, for
         write_outputs: write the child, recipe, health check (off for quick experiments).
         workers: Ray actors scoring candidates in parallel (overrides ``search.workers``).
         address: Ray cluster to join (overrides ``search.address``).
+        baselines_only: no search: score the tuned uniform merges and write the best (on the
+            selection data, else the fitness) as the child, with a plain mergekit ``recipe.yaml``.
 
     Returns:
         a :class:`darwin.search.evolve.EvolveResult`.
@@ -90,7 +92,7 @@ def evolve(config: Any, out_dir: str | os.PathLike, *, resume: bool = False, for
     from darwin.search.evolve import evolve as run_evolve
 
     opts = EvolveOptions(resume=resume, force=force, progress=progress, write_outputs=write_outputs,
-                         workers=workers, address=address)
+                         workers=workers, address=address, baselines_only=baselines_only)
     return run_evolve(config, out_dir, opts, fitness)
 
 

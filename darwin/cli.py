@@ -111,6 +111,8 @@ def evolve(
                                           "pip install 'darwin-merge\\[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto, "
                                           "ray://head:10001); default: a local Ray instance when workers > 1."),
+    baselines_only: bool = typer.Option(False, "--baselines-only", help="No search: the child is the best tuned "
+                                        "uniform merge (recipe.yaml is a plain mergekit recipe)."),
 ) -> None:
     """Breed a child of two parents: CMA-ES over a genome, candidates merged and scored in memory."""
     from darwin.api import evolve as run_evolve
@@ -118,7 +120,7 @@ def evolve(
     _quiet_transformers()
     try:
         res = run_evolve(parents, output, resume=resume, force=force, progress=True, workers=workers,
-                         address=address)
+                         address=address, baselines_only=baselines_only)
     except DarwinError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -133,21 +135,27 @@ def _interrupted(output: Path) -> NoReturn:
 
 
 def _print_run(res) -> None:
-    """The fitness table of a finished run, and what was checked of the saved child."""
-    t = Table(title="fitness (higher is better)", show_edge=False)
-    t.add_column("model")
-    t.add_column("fitness", justify="right")
-    for name, rec in res.baselines.items():
-        t.add_row(name, "failed" if rec["fitness"] is None else f"{rec['fitness']:.5g}")
-    t.add_row("[bold]evolved child[/]", f"[bold]{res.best['fitness']:.5g}[/]")
+    """The report of a finished run (every model on search / selection / test), and what was checked
+    of the saved child."""
+    summary = res.summary
+    t = Table(title="fitness (higher is better): search optimised, selection picked the child, test never read",
+              show_edge=False)
+    for col in ("model", "kind", "search", "selection", "test"):
+        t.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    fmt = lambda v: "–" if v is None else f"{v:.5g}"
+    for r in summary["models"]:
+        name = f"[bold]child[/] ({r['source']})" if r["kind"] == "child" else r["name"]
+        t.add_row(name, r["kind"], fmt(r["search_fitness"]), fmt(r["selection_fitness"]), fmt(r["test_fitness"]))
     out.print(t)
-    beaten_by = [n for n, rec in res.baselines.items()
-                 if rec["fitness"] is not None and rec["fitness"] >= res.best["fitness"]]
-    if beaten_by:
-        out.print(f"[yellow]note:[/] the evolved child does not beat {', '.join(beaten_by)} on the search fitness; "
-                  "try a larger budget (search.generations) or another genome", highlight=False)
-    out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (history.jsonl, fitness.png, recipe.yaml, "
-              f"health.json)", highlight=False)
+    c = summary.get("child_vs_best_uniform")
+    if c and c.get("delta_test") is not None:
+        ci = f", 95% CI [{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]" if c.get("ci95") else ""
+        out.print(f"child − best uniform ({c['uniform']}) on test: {c['delta_test']:+.4g}{ci}", highlight=False)
+    if summary["child"] != "best candidate" and res.history:
+        out.print(f"[yellow]note:[/] {summary['child']} beat every search candidate on the selection data, so it "
+                  "is the child (a uniform merge winning is a valid result)", highlight=False)
+    out.print(f"child: {res.child_dir}\nrun folder: {res.out_dir} (summary.json, history.jsonl, fitness.png, "
+              f"recipe.yaml, health.json)", highlight=False)
     c = res.constraints
     if res.child_dir is not None and c is not None:
         ctx = f"; context {c['context']} (a {c['window_tokens']}-token window scored)" if c.get("window_tokens") else ""

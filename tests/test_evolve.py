@@ -114,7 +114,7 @@ def test_evolve_cli_outputs_and_recipe_replays_bit_for_bit(demo, tmp_path):
     assert health["finite"] and len(health["layers"]) == 4
     assert all(0.5 < r["cos_a"] <= 1.0 + 1e-5 for r in health["layers"])
     card = (run / "child" / "README.md").read_text()
-    assert "evolved child" in card and "parent A" in card and "Lineage" in card
+    assert "best candidate" in card and "parent A" in card and "Lineage" in card and "| test |" in card
     # the child is a valid parent and loads/generates
     m = AutoModelForCausalLM.from_pretrained(run / "child")
     assert m.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape == (1, 6)

@@ -113,7 +113,7 @@ def test_builtin_genomes_are_package_files_not_links():
 
     d = builtin_dir()
     assert d == PKG / "genome" / "builtin" and not d.is_symlink()
-    assert {f.stem for f in d.glob("*.yaml")} == {"darwin14", "layerwise", "my-genome", "crossover",
+    assert {f.stem for f in d.glob("*.yaml")} == {"darwin14", "zones", "layerwise", "my-genome", "crossover",
                                                    "ffn-transplant", "golf"}
     assert all(not f.is_symlink() for f in d.iterdir())
     assert not (REPO / "genomes").exists()  # no second copy to drift

@@ -29,32 +29,53 @@ class Component:
 
 @dataclass
 class Score:
-    """A candidate's fitness: weighted total and each component's raw value."""
+    """A candidate's fitness: weighted total and each component's raw value.
+
+    ``documents``: with ``keep_documents``, every document's contribution to ``total`` (their mean
+    is ``total``; see :class:`CombinedFitness`), for paired comparisons; else None.
+    """
 
     total: float
     components: dict[str, float]
+    documents: list[float] | None = None
 
 
 class CombinedFitness:
     """Weighted sum of components: ``total = Σ wᵢ·fᵢ(model, tokenizer)``.
+
+    With ``keep_documents`` and every component document-level (a ``doc_scores(model, tokenizer)``
+    method, as :class:`darwin.fitness.perplexity.DocumentFitness` has), the score also keeps one
+    number per document: document j of component c (``n_c`` documents, ``N`` in all) contributes
+    ``w_c · (N / n_c) · s_j``, so the mean of the contributions is the total and a paired bootstrap
+    over them resamples documents (:func:`darwin.fitness.stats.paired_bootstrap`).
 
     Raises:
         ValueError: from :meth:`__call__`, naming the component, when one returns a non-finite
             value (the search then scores the candidate worst and logs it).
     """
 
-    def __init__(self, components: list[Component]):
+    def __init__(self, components: list[Component], keep_documents: bool = False):
         if not components:
             raise ValueError("at least one fitness component is needed")
         names = [c.name for c in components]
         self.components = [Component(f"{c.name}#{names[:i].count(c.name)}" if names.count(c.name) > 1 else c.name,
                                      c.fn, c.weight) for i, c in enumerate(components)]
+        self.keep_documents = keep_documents and all(hasattr(c.fn, "doc_scores") for c in self.components)
 
     def __call__(self, model: Any, tokenizer: Any) -> Score:
-        vals = {}
+        vals, per_doc = {}, {}
         for c in self.components:
-            v = float(c.fn(model, tokenizer))
+            if self.keep_documents:
+                per_doc[c.name] = [float(v) for v in c.fn.doc_scores(model, tokenizer)]  # type: ignore[attr-defined]
+                v = math.fsum(per_doc[c.name]) / max(len(per_doc[c.name]), 1)
+            else:
+                v = float(c.fn(model, tokenizer))
             if not math.isfinite(v):
                 raise ValueError(f"fitness {c.name!r} returned {v}")
             vals[c.name] = v
-        return Score(sum(c.weight * vals[c.name] for c in self.components), vals)
+        total = sum(c.weight * vals[c.name] for c in self.components)
+        docs = None
+        if self.keep_documents:
+            n = sum(len(v) for v in per_doc.values())
+            docs = [c.weight * n / len(per_doc[c.name]) * s for c in self.components for s in per_doc[c.name]]
+        return Score(total, vals, docs)

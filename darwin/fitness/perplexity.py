@@ -145,19 +145,24 @@ class DocumentFitness:
         separator: cut files into documents at this string (see :mod:`darwin.io.documents`).
         text_field: JSONL field holding a record's text.
         unit: ``"nats"`` or ``"bits_per_byte"``.
+        part, part_share: keep only the ``"fitness"`` or ``"selection"`` side of the hold-out of
+            ``part_share`` of the documents (:func:`darwin.io.documents.split_documents`).
 
     Raises:
         DarwinError: no document, or none with 2 tokens (naming the files).
     """
 
     def __init__(self, files: list[str | os.PathLike], window: int = 512, batch_size: int = 8,
-                 separator: str | None = None, text_field: str = "text", unit: str = "nats"):
-        from darwin.io.documents import load_documents
+                 separator: str | None = None, text_field: str = "text", unit: str = "nats",
+                 part: str | None = None, part_share: float = 0.3):
+        from darwin.io.documents import load_documents, split_documents
 
         if unit not in ("nats", "bits_per_byte"):
             raise DarwinError(f"document fitness: unit must be nats or bits_per_byte, got {unit!r}")
         self.label = f"{'perplexity' if unit == 'nats' else 'bits_per_byte'} fitness (documents)"
         self.docs = load_documents(files, separator=separator, text_field=text_field, what=self.label)
+        if part is not None:
+            self.docs = split_documents(self.docs, part_share, part)
         self.window, self.batch_size, self.unit = window, batch_size, unit
         self._ids: list[torch.Tensor] | None = None
         self._names: list[str] = []

@@ -79,12 +79,19 @@ class PairBreeder(_PairOfParents):
         """Parent A, parent B, the uniform 0.5 linear merge."""
         return {"parent A": self._fixed("A"), "parent B": self._fixed("B"), "uniform 0.5": self._fixed("uniform")}
 
+    def base_plan(self) -> MergePlan | None:
+        """The base model as a child (for the report: where the parents started), or None without a base."""
+        return self._fixed("base") if self.base else None
+
     def _fixed(self, kind: str) -> MergePlan:
         lay = self.layout
         tasks = []
         for s in lay.slots:
             a, b = Source(lay.a, s.a), Source(lay.b, s.b)
-            if kind == "uniform":
+            if kind == "base":
+                assert lay.base is not None and s.base is not None  # base_plan checks there is a base
+                tasks.append(copy_task(s.name, Source(lay.base, s.base), s.shape, s.role.component, s.role.layer))
+            elif kind == "uniform":
                 tasks.append(linear_task(s.name, [a, b], [0.5, 0.5], s.shape, s.role.component, s.role.layer))
             else:
                 tasks.append(copy_task(s.name, a if kind == "A" else b, s.shape, s.role.component, s.role.layer))

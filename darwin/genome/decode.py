@@ -15,6 +15,11 @@ Definitions (darwin's; the Darwin model cards name the genes but not how they co
 * ``r < transplant_low`` copies A's tensor whole, ``r > transplant_high`` B's; otherwise the
   ``darwin_blend`` kernel: ``λ·SLERP(A, B; r) + (1 − λ)·DARE-TIES(θ₀; A, B; ρ_A, ρ_B)`` with θ₀
   the base if given, else A (λ = ``merge_method_weight``).
+* ``zones`` (the reduced 6-gene genome): ``r = σ(logit γ + logit α_component + logit z_zone)`` with
+  ``zone = ⌊3·layer/L⌋`` (three depth zones), α from ``attn_ratio`` / ``ffn_ratio`` (embeddings,
+  head and norms: neutral), and every tensor the *linear* merge ``(1 − r)·A + r·B``: at
+  α = z = 0.5 it is exactly the uniform linear merge with weight γ, so a search can start at the
+  best tuned one.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from darwin.genome.spec import GenomeSpec, genome_ref
 from darwin.io.checkpoint import Checkpoint
 from darwin.kernels.masks import COUNTER
 from darwin.kernels.seeds import tensor_seed
-from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask, copy_task
+from darwin.plan.plan import MergePlan, ReportRow, Source, TensorTask, copy_task, linear_task
 
 _CLAMP = 1e-6
 
@@ -170,6 +175,14 @@ def layerwise_ratio(v: Mapping[str, float], role: TensorRole, num_layers: int, n
     return neutral
 
 
+def zones_ratio(v: Mapping[str, float], role: TensorRole, num_layers: int, neutral: float) -> float:
+    """``σ(logit γ + logit α_component + logit z_zone)``, three depth zones (see module doc)."""
+    comp = role.component
+    alpha = v["attn_ratio"] if comp in _ATTN_LIKE else v["ffn_ratio"] if comp == "ffn" else neutral
+    zone = v[f"zone_{min(2, 3 * role.layer // num_layers)}_ratio"] if role.layer is not None and num_layers else neutral
+    return sigmoid(logit(v["global_ratio"]) + logit(alpha) + logit(zone))
+
+
 DARWIN14 = register_decoder(Decoder(
     name="darwin14", ratio_rule=darwin14_ratio, mri_prior="tensor", takes_base=True,
     genes=("global_ratio", "attn_ratio", "ffn_ratio", "embed_ratio", *(f"block_{i}_ratio" for i in range(6))),
@@ -180,6 +193,11 @@ LAYERWISE = register_decoder(Decoder(
     genes=("embed_ratio", "norm_ratio"), per_layer_genes=("attn", "ffn"),
     baselines=PAIR_BASELINES,
     description="one attention and one FFN ratio per layer"))
+ZONES = register_decoder(Decoder(
+    name="zones", ratio_rule=zones_ratio, takes_base=True, blend="linear",
+    genes=("global_ratio", "attn_ratio", "ffn_ratio", *(f"zone_{i}_ratio" for i in range(3))),
+    baselines=PAIR_BASELINES,
+    description="global, attention and FFN ratios times three depth zones, linear per tensor (6 genes)"))
 
 
 def ratio_rule(spec: GenomeSpec) -> RatioRule:
@@ -255,9 +273,8 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
     """
     check_values(spec, values, layout.num_layers)
     rule = ratio_rule(spec)  # once per plan, not per tensor
+    linear = get_decoder(spec.decoder).blend == "linear"
     opt = spec.options
-    lam = values["merge_method_weight"]
-    dens = [values["density_a"], values["density_b"]]
     tasks, report = [], []
     for s in layout.slots:
         r = tensor_ratio(spec, values, s, layout.num_layers, r_mri, rule)
@@ -267,6 +284,12 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
             tasks.append(copy_task(s.name, src, s.shape, s.role.component, s.role.layer))
             report.append(ReportRow(s.name, "transplant", f"r={r:.3f} → {'A' if src is a_src else 'B'}"))
             continue
+        if linear:
+            tasks.append(linear_task(s.name, [a_src, b_src], [1.0 - r, r], s.shape, s.role.component, s.role.layer))
+            report.append(ReportRow(s.name, "blend", f"linear r={r:.3f}"))
+            continue
+        lam = values["merge_method_weight"]
+        dens = [values["density_a"], values["density_b"]]
         base_src = None  # None: θ₀ = A (see blend.py)
         if layout.base:
             assert s.base is not None  # pair_layout stores the base's name in every slot when there is a base
@@ -296,3 +319,52 @@ def vector_to_values(spec: GenomeSpec, x: list[float], num_layers: int) -> dict[
 def start_vector(spec: GenomeSpec, num_layers: int) -> list[float]:
     """CMA-ES start point: every gene's start value encoded."""
     return [g.encode(g.start) for g in spec.expand(num_layers)]
+
+
+#: how far inside its bounds a non-ratio gene of a uniform start sits (fraction of its range), so
+#: that CMA-ES can still move it (a value at a bound is a logit of ±9)
+START_MARGIN = 0.05
+_RATIO_FAMILIES = {"zones": ("linear",), "darwin14": ("slerp", "linear"), "layerwise": ("slerp", "linear")}
+
+
+def uniform_families(spec: GenomeSpec) -> tuple[str, ...]:
+    """The tuned-uniform families whose merges the genome reproduces, best match first: ``zones``
+    reproduces ``linear`` exactly; ``darwin14`` and ``layerwise`` reproduce ``slerp`` (and
+    ``linear`` up to the angle between the parents) when their blend is all SLERP; others none."""
+    return _RATIO_FAMILIES.get(get_decoder(spec.decoder).name, ())
+
+
+def uniform_start(spec: GenomeSpec, family: str, setting: Mapping[str, float], num_layers: int
+                  ) -> dict[str, float] | None:
+    """Gene values that reproduce the uniform merge ``family`` at ``setting`` (None if the genome cannot).
+
+    The global ratio takes the merge's weight of parent B (``weight_b`` or ``t``), every other
+    ratio gene the neutral 0.5 (σ(logit γ + 0 + 0) = γ); per-layer, embedding and norm ratios of
+    ``layerwise`` take the weight itself. For the ``darwin_blend`` decoders the SLERP share
+    ``merge_method_weight`` sits near its high bound and the MRI trust near its low one (5 %
+    DARE-TIES, 5 % MRI prior), the densities at their ``start``. Every value is kept
+    :data:`START_MARGIN` of its range inside its bounds, so CMA-ES can still move it (a uniform
+    weight of 0 or 1 starts at 0.05 or 0.95).
+    """
+    if family not in uniform_families(spec):
+        return None
+    w = setting.get("weight_b", setting.get("t"))
+    if w is None:
+        return None
+    layerwise = get_decoder(spec.decoder).name == "layerwise"
+    values: dict[str, float] = {}
+    for g in spec.expand(num_layers):
+        span = g.high - g.low
+        if g.name == "global_ratio" or (layerwise and (g.name.startswith("layer_")
+                                                       or g.name in ("embed_ratio", "norm_ratio"))):
+            v = w
+        elif g.name == "merge_method_weight":
+            v = g.high
+        elif g.name == "mri_trust":
+            v = g.low
+        elif g.name.endswith("_ratio"):
+            v = 0.5
+        else:
+            v = g.start
+        values[g.name] = min(max(v, g.low + START_MARGIN * span), g.high - START_MARGIN * span)
+    return values

@@ -135,6 +135,9 @@ class Decoder:
         min_parents, max_parents: how many parents it breeds.
         takes_base: whether a ``base:`` model is allowed.
         description: one line for docs and errors.
+        blend: ratio-rule decoders: how a tensor between the transplant thresholds is made:
+            ``"darwin_blend"`` (SLERP/DARE-TIES mix, reads :data:`BLEND_GENES`) or ``"linear"``
+            (``(1 − r)·A + r·B``, no further genes).
 
     Raises:
         ValueError: neither or both of ``ratio_rule`` and ``breeder``; a ``mri_prior`` other than
@@ -152,11 +155,13 @@ class Decoder:
     max_parents: int = 2
     takes_base: bool = False
     description: str = ""
+    blend: str = "darwin_blend"
 
     @property
     def required_genes(self) -> tuple[str, ...]:
         """Every scalar gene a genome for this decoder must define."""
-        extra = tuple(g for g in BLEND_GENES if g not in self.genes) if self.ratio_rule is not None else ()
+        extra = (tuple(g for g in BLEND_GENES if g not in self.genes)
+                 if self.ratio_rule is not None and self.blend == "darwin_blend" else ())
         return self.genes + extra
 
     def __post_init__(self) -> None:
@@ -170,6 +175,8 @@ class Decoder:
             value = getattr(self, key)
             if not isinstance(value, tuple) or not all(isinstance(g, str) for g in value):
                 raise ValueError(f"decoder {self.name!r}: {key} must be a tuple of names, got {value!r}")
+        if self.blend not in ("darwin_blend", "linear"):
+            raise ValueError(f"decoder {self.name!r}: blend must be 'darwin_blend' or 'linear'")
         if self.mri_prior not in ("tensor", "layer", None):
             raise ValueError(f"decoder {self.name!r}: mri_prior must be 'tensor', 'layer' or None")
         if not 1 <= self.min_parents <= self.max_parents:
@@ -244,6 +251,7 @@ class DecoderRegistry:
 
 #: the process-wide registry (built-ins plus whatever :func:`register_decoder` adds)
 REGISTRY = DecoderRegistry(builtins={"darwin14": "darwin.genome.decode", "layerwise": "darwin.genome.decode",
+                                     "zones": "darwin.genome.decode",
                                      "crossover": "darwin.genome.breeder", "ffn_transplant": "darwin.genome.breeder",
                                      "golf": "darwin.genome.golf"})
 

@@ -3,7 +3,7 @@
 CMA-ES searches unbounded reals ``x``; a gene's value is ``low + (high − low)·σ(x)`` with
 ``σ(x) = 1/(1 + e^{−x})``, so every candidate is inside its bounds without clipping, and the start
 value maps back through the logit. Built-in genomes are package data in ``darwin/genome/builtin/``
-(``darwin14``, ``layerwise``, ``my-genome``, ``crossover``, ``ffn-transplant``, ``golf``; see
+(``darwin14``, ``zones``, ``layerwise``, ``my-genome``, ``crossover``, ``ffn-transplant``, ``golf``; see
 :func:`builtin_genomes`); any YAML path of the same shape works.
 """
 

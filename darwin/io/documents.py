@@ -80,7 +80,41 @@ def load_documents(paths: list[str | os.PathLike], *, separator: str | None = No
     return docs
 
 
-def window_hashes(ids: list[int], window: int) -> set[str]:
-    """BLAKE2b hashes of consecutive non-overlapping ``window``-token windows of ``ids`` (for overlap checks)."""
-    return {hashlib.blake2b(repr(ids[i:i + window]).encode(), digest_size=12).hexdigest()
-            for i in range(0, max(1, len(ids) - window + 1), window)}
+#: words per window of the overlap check (13-grams: the contamination unit of GPT-3, arXiv 2005.14165 App. C)
+OVERLAP_WORDS = 13
+
+
+def word_windows(text: str, n: int = OVERLAP_WORDS) -> set[bytes]:
+    """BLAKE2b hashes of every window of ``n`` consecutive words of ``text`` (lower-cased,
+    whitespace-split): the unit of the overlap check. A text shorter than ``n`` words is one window."""
+    words = text.lower().split()
+    return {hashlib.blake2b(" ".join(words[i:i + n]).encode(), digest_size=12).digest()
+            for i in range(max(1, len(words) - n + 1))} if words else set()
+
+
+def overlapping(docs: list[Document], reference: set[bytes], n: int = OVERLAP_WORDS) -> list[str]:
+    """Names of the ``docs`` that share at least one ``n``-word window with ``reference``
+    (:func:`word_windows` of the other texts)."""
+    return [d.name for d in docs if not word_windows(d.text, n).isdisjoint(reference)]
+
+
+def holdout_fraction(doc: Document) -> float:
+    """A document's place in [0, 1) for a deterministic hold-out split: the first 8 bytes of the
+    BLAKE2b hash of its *text* (not its path, so the split is the same on every machine)."""
+    return int.from_bytes(hashlib.blake2b(doc.text.encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+
+
+def split_documents(docs: list[Document], share: float, part: str) -> list[Document]:
+    """The ``"selection"`` part (documents with :func:`holdout_fraction` < ``share``) or the
+    ``"fitness"`` part (the rest) of ``docs``, in their order.
+
+    Raises:
+        DarwinError: ``part`` is neither, or the part is empty (naming the share and the count).
+    """
+    if part not in ("fitness", "selection"):
+        raise DarwinError(f"document split: part must be 'fitness' or 'selection', got {part!r}")
+    held = [d for d in docs if (holdout_fraction(d) < share) == (part == "selection")]
+    if not held:
+        raise DarwinError(f"holding out {share:.0%} of {len(docs)} fitness documents leaves the {part} part "
+                          "empty: give more documents or a selection: list")
+    return held

@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from darwin.genome.breeder import PairBreeder
 from darwin.plan.plan import MergePlan
 from darwin.plan.run import plan_recipe
 from darwin.search.config import BaselinesConfig, DensityLambdaGrid
+from darwin.search.context import RunContext
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,19 @@ def recipe_of_setting(family: str, setting: dict[str, float], pair: PairRefs) ->
 def plan_of_setting(family: str, setting: dict[str, float], pair: PairRefs) -> MergePlan:
     """:func:`recipe_of_setting` decoded into a merge plan."""
     return plan_recipe(recipe_of_setting(family, setting, pair))[0]
+
+
+def pair_refs(ctx: RunContext) -> PairRefs:
+    """The run's :class:`PairRefs` (a pair genome's run only)."""
+    assert isinstance(ctx.breeder, PairBreeder)  # tuned baselines are for pair genomes
+    return PairRefs(ctx.breeder.a, ctx.breeder.b, ctx.cfg.base, ctx.cfg.dtype, ctx.seed)
+
+
+def baseline_plans(ctx: RunContext, baselines: dict[str, dict[str, Any]]) -> dict[str, MergePlan]:
+    """Name → merge plan of every baseline in ``baselines``: the decoder's (parents, uniform 0.5…)
+    and the tuned merges (rebuilt from their settings)."""
+    plans = ctx.breeder.baselines()
+    if isinstance(ctx.breeder, PairBreeder):
+        plans.update({k: plan_of_setting(k.removeprefix("tuned "), v["setting"], pair_refs(ctx))
+                      for k, v in baselines.items() if k.startswith("tuned ")})
+    return {k: p for k, p in plans.items() if k in baselines}

@@ -41,11 +41,14 @@ class CmaSearch:
         sigma0: initial step size.
         popsize: candidates per generation.
         seed: run seed (pycma gets ``seed + 1``; 0 would mean "random" to pycma).
+        pull: weight of the penalty ``pull · mean((x − x0)²)`` added to every scored candidate's
+            loss (a pull toward the start; 0: none).
     """
 
-    def __init__(self, x0: list[float], sigma0: float, popsize: int, seed: int):
+    def __init__(self, x0: list[float], sigma0: float, popsize: int, seed: int, pull: float = 0.0):
         import cma
 
+        self.x0, self.pull = np.asarray(x0, dtype=float), float(pull)
         saved = np.random.get_state()
         self.es = cma.CMAEvolutionStrategy(x0, sigma0, {"popsize": popsize, "seed": seed + 1, "verbose": -9,
                                                         "tolfun": 0, "tolx": 0, "tolfunhist": 0,
@@ -71,9 +74,16 @@ class CmaSearch:
         """Update the distribution with the generation's candidate records (in ``xs`` order)."""
         saved = np.random.get_state()
         np.random.set_state(self.rng)
-        self.es.tell([np.asarray(x) for x in xs], [candidate_loss(c) for c in cands])
+        self.es.tell([np.asarray(x) for x in xs], [self.loss(x, c) for x, c in zip(xs, cands)])
         self.rng = np.random.get_state()
         np.random.set_state(saved)
+
+    def loss(self, x: list[float], cand: dict[str, Any]) -> float:
+        """:func:`candidate_loss` plus the pull toward the start for a scored candidate."""
+        loss = candidate_loss(cand)
+        if self.pull and cand["fitness"] is not None:
+            loss += self.pull * float(np.mean((np.asarray(x, dtype=float) - self.x0) ** 2))
+        return loss
 
     def replay(self, history: list[dict[str, Any]], source: Path) -> None:
         """Rebuild the state after ``history`` (records of ``source``) by asking and telling again.

@@ -79,7 +79,9 @@ class PerplexitySpec(_Strict):
     ``documents: false`` (default): the files' text as one token stream, ``max_tokens`` of it in
     windows of ``window``. ``documents: true``: every document (a file, a JSONL record, or a chunk
     between ``separator`` strings) scored on its first ``window`` tokens, the fitness the mean over
-    documents (:class:`darwin.fitness.perplexity.DocumentFitness`).
+    documents (:class:`darwin.fitness.perplexity.DocumentFitness`). ``part`` (``fitness`` or
+    ``selection``) keeps one side of a deterministic hold-out of ``part_share`` of the documents
+    (:func:`darwin.io.documents.split_documents`); darwin sets it when ``selection:`` is absent.
     """
 
     files: list[str]
@@ -89,11 +91,13 @@ class PerplexitySpec(_Strict):
     documents: bool = False
     separator: Optional[str] = None
     text_field: str = "text"
+    part: Optional[Literal["fitness", "selection"]] = None   # set by darwin for the hold-out (search.holdout_share)
+    part_share: float = Field(0.3, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _document_keys(self):
-        if not self.documents and (self.separator is not None or self.text_field != "text"):
-            raise ValueError("separator and text_field need documents: true")
+        if not self.documents and (self.separator is not None or self.text_field != "text" or self.part):
+            raise ValueError("separator, text_field and part need documents: true")
         if self.separator == "":
             raise ValueError("separator must not be empty")
         return self
@@ -222,6 +226,19 @@ class BaselinesConfig(_Strict):
 class SearchConfig(_Strict):
     """CMA-ES budget and settings, and where candidates are scored.
 
+    Budget: ``generations``, else ``max_evaluations``, else the default ``10 × dims`` evaluations
+    (dims: the genes CMA-ES searches, ``fixed`` ones excluded), in generations of ``population``
+    (default ``4 + ⌊3 ln dims⌋``).
+
+    Start: ``start: uniform`` (the default ``auto`` where tuned baselines are scored) starts at the
+    genome point that reproduces the best tuned uniform merge the genome can express (see
+    :func:`darwin.genome.decode.uniform_start`), with ``sigma0`` 0.25 unless given; ``start:
+    genome`` starts at the genes' ``start`` values with ``sigma0`` 0.5. ``pull`` ≥ 0 adds
+    ``pull · mean((x − x₀)²)`` (search coordinates) to every candidate's CMA-ES loss, a penalty
+    toward the start (the recorded fitness is unchanged).
+
+    ``fixed``: gene → value held constant (not searched), e.g. ``{mri_trust: 0}``.
+
     ``workers`` > 1 or an ``address`` scores candidates on Ray actors
     (:mod:`darwin.search.ray_pool`); 1 without an address scores them in this process. Neither
     changes the result, so a run may be resumed with other values.
@@ -230,40 +247,48 @@ class SearchConfig(_Strict):
     population: Optional[int] = None
     generations: Optional[int] = None
     max_evaluations: Optional[int] = None
-    sigma0: float = 0.5
+    sigma0: Optional[float] = None
+    start: Literal["auto", "uniform", "genome"] = "auto"
+    pull: float = Field(0.0, ge=0.0)
+    fixed: dict[str, float] = Field(default_factory=dict)
     seed: int = 0
     workers: int = 1
     address: Optional[str] = None
     constraints: Constraints = Constraints()
     selection_top_k: int = Field(3, ge=1)   # candidates of each generation scored on the selection data
     patience: Optional[int] = Field(None, ge=1)  # stop after this many generations without a selection gain
+    holdout_share: float = Field(0.3, gt=0.0, lt=1.0)  # fitness documents held out as selection without selection:
 
     @model_validator(mode="after")
     def _budget(self):
         if self.workers < 1:
             raise ValueError("search.workers must be >= 1")
-        if self.generations is None and self.max_evaluations is None:
-            raise ValueError("give search.generations or search.max_evaluations")
         if self.generations is not None and self.generations < 1:
             raise ValueError("search.generations must be >= 1")
         if self.max_evaluations is not None and self.max_evaluations < 1:
             raise ValueError("search.max_evaluations must be >= 1")
         if self.population is not None and self.population < 2:
             raise ValueError("search.population must be >= 2")
-        if self.sigma0 <= 0:
+        if self.sigma0 is not None and not (math.isfinite(self.sigma0) and self.sigma0 > 0):
             raise ValueError("search.sigma0 must be > 0")
+        if any(not math.isfinite(v) for v in self.fixed.values()):
+            raise ValueError(f"search.fixed: values must be finite numbers, got {self.fixed}")
         return self
 
     def popsize(self, n_genes: int) -> int:
         """Population: as given, else CMA-ES's default ``4 + ⌊3 ln n⌋``."""
-        return self.population or 4 + int(3 * math.log(n_genes))
+        return self.population or 4 + int(3 * math.log(max(n_genes, 1)))
 
     def num_generations(self, n_genes: int) -> int:
-        """Generations: as given, else ``⌈max_evaluations / population⌉``."""
+        """Generations: as given, else ``⌈max_evaluations / population⌉`` (default ``10 × n_genes``)."""
         if self.generations is not None:
             return self.generations
-        assert self.max_evaluations is not None  # _budget requires generations or max_evaluations
-        return max(1, math.ceil(self.max_evaluations / self.popsize(n_genes)))
+        evals = self.max_evaluations if self.max_evaluations is not None else 10 * n_genes
+        return max(1, math.ceil(evals / self.popsize(n_genes)))
+
+    def initial_sigma(self, from_uniform: bool) -> float:
+        """``sigma0`` as given, else 0.25 from a uniform start (a local search) and 0.5 from the genome's."""
+        return self.sigma0 if self.sigma0 is not None else (0.25 if from_uniform else 0.5)
 
 
 class ParentsConfig(_Strict):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from darwin.genome.decode import vector_to_values
 from darwin.genome.registry import Breeder
 from darwin.genome.spec import Gene, GenomeSpec
 from darwin.io.checkpoint import Checkpoint
@@ -28,6 +27,7 @@ class RunContext:
         dtype: child storage dtype.
         fitness_dtype: dtype of the resident model candidates are scored in.
         r_mri: tensor → MRI ratio for ``"tensor"``-prior decoders with MRI on, else None.
+        notes: what the data-role checks said (hold-out, overlap), for the report.
     """
 
     cfg: ParentsConfig
@@ -38,6 +38,7 @@ class RunContext:
     dtype: torch.dtype
     fitness_dtype: torch.dtype = torch.float32
     r_mri: dict[str, float] | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def seed(self) -> int:
@@ -49,11 +50,33 @@ class RunContext:
         """The expanded genome (per-layer genes for the breeder's depth)."""
         return self.spec.expand(self.breeder.num_layers)
 
+    @property
+    def free_genes(self) -> list[Gene]:
+        """The genes CMA-ES searches: :attr:`genes` without ``search.fixed`` ones (its dimension)."""
+        return [g for g in self.genes if g.name not in self.cfg.search.fixed]
+
+    def values_of(self, x: list[float]) -> dict[str, float]:
+        """CMA-ES coordinates (one per free gene) → every gene's value, fixed ones included, in genome order.
+
+        Raises:
+            ValueError: ``x`` has the wrong length.
+        """
+        free = self.free_genes
+        if len(x) != len(free):
+            raise ValueError(f"genome {self.spec.name!r} searches {len(free)} genes, got a vector of {len(x)}")
+        searched = {g.name: g.decode(float(xi)) for g, xi in zip(free, x)}
+        return {g.name: searched[g.name] if g.name in searched else float(self.cfg.search.fixed[g.name])
+                for g in self.genes}
+
+    def vector_of(self, values: dict[str, float]) -> list[float]:
+        """Gene values → CMA-ES coordinates of the free genes (inverse of :meth:`values_of`)."""
+        return [g.encode(values[g.name]) for g in self.free_genes]
+
     def plan_of(self, values: dict[str, float]) -> MergePlan:
         """Gene values → the child's merge plan."""
         return self.breeder.decode(self.spec, values, r_mri=self.r_mri, seed=self.seed)
 
     def decode(self, x: list[float]) -> tuple[dict[str, float], MergePlan]:
         """CMA-ES coordinates → (gene values, plan)."""
-        values = vector_to_values(self.spec, x, self.breeder.num_layers)
+        values = self.values_of(x)
         return values, self.plan_of(values)

@@ -43,6 +43,8 @@ def evaluate_plan(resident: ResidentModel, plan: MergePlan, fitness, worker: str
     try:
         score = resident.score(plan, fitness)
         rec: dict[str, Any] = {"fitness": score.total, "components": score.components, "error": None}
+        if getattr(score, "documents", None) is not None:
+            rec["documents"] = score.documents
     except Exception as e:  # any failure scores worst and is logged with its genome
         rec = {"fitness": None, "components": {}, "error": f"{type(e).__name__}: {e}"}
     rec["seconds"] = round(time.perf_counter() - t0, 4)

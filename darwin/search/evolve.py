@@ -29,25 +29,28 @@ from typing import Any
 from darwin.errors import DarwinError
 from darwin.fitness.precision import resolve_fitness_dtype
 from darwin.genome.breeder import PairBreeder, make_breeder
-from darwin.genome.decode import check_values, start_vector, vector_to_values
+from darwin.genome.decode import check_values
 from darwin.genome.spec import load_genome
 from darwin.io.checkpoint import Checkpoint
 from darwin.plan.execute import resolve_device
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import parse_dtype
-from darwin.search.baselines import PairRefs, best_of_grids, grid_plans
+from darwin.search.baselines import baseline_plans, best_of_grids, grid_plans, pair_refs
 from darwin.search.cmaes import CmaSearch
 from darwin.search.config import ParentsConfig, load_parents_config
 from darwin.search.constraints import check_context
 from darwin.search.context import RunContext
+from darwin.search.dataroles import overlap_warnings, with_holdout
 from darwin.search.evaluator import Evaluator, LocalEvaluator
 from darwin.search.loop import best_candidate, search_loop
 from darwin.search.monitor import RunMonitor
 from darwin.search.outputs import write_outputs
 from darwin.search.priors import apply_priors
+from darwin.search.report import build_report, kind_of
 from darwin.search.resident import ResidentSpec, check_plan_shapes
 from darwin.search.runfolder import cached_json, load_history, prepare_run_folder
 from darwin.search.scoring import as_score_fn, build_fitness
+from darwin.search.start import Start, check_start_options, genome_start_values, search_start
 
 log = logging.getLogger("darwin.evolve")
 
@@ -60,6 +63,8 @@ class EvolveOptions:
         force: restart from scratch if the run folder holds a previous run.
         progress: rich progress bar.
         write_outputs: write the child, recipe, health check (off for quick experiments).
+        baselines_only: score the baselines only (no search); the child is the best tuned uniform
+            merge, its ``recipe.yaml`` a plain mergekit recipe.
         workers: Ray actors scoring candidates (None: ``search.workers``; 1 and no address: in
             this process).
         address: Ray cluster to join (None: ``search.address``).
@@ -69,6 +74,7 @@ class EvolveOptions:
     force: bool = False
     progress: bool = True
     write_outputs: bool = True
+    baselines_only: bool = False
     workers: int | None = None
     address: str | None = None
 
@@ -87,6 +93,7 @@ class EvolveResult:
             from the loaded model, context window scored; also ``constraints.json``), or None.
         winner: the baseline written as the child because it beat every candidate on the selection
             data (greedy-soup rule), or None when the child is the best candidate.
+        summary: the report (``summary.json``, :mod:`darwin.search.report`).
     """
 
     out_dir: Path
@@ -96,6 +103,7 @@ class EvolveResult:
     child_dir: Path | None
     constraints: dict[str, Any] | None = None
     winner: str | None = None
+    summary: dict[str, Any] | None = None
 
 
 def prepare(cfg: ParentsConfig, out: Path) -> RunContext:
@@ -114,14 +122,15 @@ def prepare(cfg: ParentsConfig, out: Path) -> RunContext:
     spec = load_genome(cfg.genome)
     breeder = make_breeder(spec, ckpts, cfg.parents, cfg.base, dtype, cfg.search.constraints.max_params)
     check_values(spec, {g.name: g.start for g in spec.expand(breeder.num_layers)}, breeder.num_layers)
-    return RunContext(cfg=cfg, out=out, spec=spec, breeder=breeder, checkpoints=ckpts, dtype=dtype,
-                      fitness_dtype=fitness_dtype)
+    ctx = RunContext(cfg=cfg, out=out, spec=spec, breeder=breeder, checkpoints=ckpts, dtype=dtype,
+                     fitness_dtype=fitness_dtype)
+    check_start_options(ctx)
+    return ctx
 
 
 def check_start(ctx: RunContext) -> None:
     """Decode the start genome and the baselines once (shapes, context) before the run folder exists."""
-    values = vector_to_values(ctx.spec, start_vector(ctx.spec, ctx.breeder.num_layers), ctx.breeder.num_layers)
-    start = ctx.plan_of(values)
+    start = ctx.plan_of(genome_start_values(ctx))
     check_plan_shapes(start)
     ctx.breeder.baselines()
     check_context(start, ctx.cfg.search.constraints)
@@ -159,7 +168,7 @@ def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str
         out = dict(zip(plans, evaluator.run(list(plans.values()))))
         bcfg = ctx.cfg.baselines
         if bcfg.enabled and isinstance(ctx.breeder, PairBreeder):
-            grids = grid_plans(bcfg, _pair_refs(ctx))
+            grids = grid_plans(bcfg, pair_refs(ctx))
             flat = [(fam, setting, plan) for fam, pts in grids.items() for setting, plan in pts]
             recs = evaluator.run([p for _, _, p in flat])
             results: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
@@ -167,8 +176,8 @@ def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str
                 results.setdefault(fam, []).append((setting, rec))
             out.update(best_of_grids(results))
         if ctx.cfg.selection:  # the final pick compares the child with every baseline on the selection data
-            sel_plans = {**plans, **_tuned_plans(ctx, out)}
-            names = [k for k in out if k in sel_plans]
+            sel_plans = baseline_plans(ctx, out)
+            names = list(sel_plans)
             for k, rec in zip(names, evaluator.run([sel_plans[k] for k in names], role="selection")):
                 out[k]["selection"] = rec["fitness"]
         return out
@@ -176,25 +185,28 @@ def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str
     return cached_json(ctx.out / "baselines.json", compute, indent=2)
 
 
-def _tuned_plans(ctx: RunContext, baselines: dict[str, dict[str, Any]]) -> dict[str, MergePlan]:
-    """The merge plans of the tuned baselines kept in ``baselines`` (rebuilt from their settings)."""
-    from darwin.search.baselines import plan_of_setting
-
-    return {k: plan_of_setting(k.removeprefix("tuned "), v["setting"], _pair_refs(ctx))
-            for k, v in baselines.items() if k.startswith("tuned ")}
-
-
-def _pair_refs(ctx: RunContext) -> PairRefs:
-    assert isinstance(ctx.breeder, PairBreeder)  # tuned baselines are for pair genomes
-    return PairRefs(ctx.breeder.a, ctx.breeder.b, ctx.cfg.base, ctx.cfg.dtype, ctx.seed)
-
-
 def run_search(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions) -> EvolveResult:
-    """Baselines, replay, generations and outputs of a prepared run."""
+    """Baselines, replay, generations, the final pick, the report and the outputs of a prepared run."""
     baselines = score_baselines(ctx, evaluator)
-    n_genes = len(ctx.genes)
+    if opts.baselines_only:
+        name = uniform_winner(baselines)
+        log.warning("--baselines-only: the child is %s, the best tuned uniform merge on the %s data", name,
+                    "selection" if ctx.cfg.selection else "fitness")
+        return _finish(ctx, evaluator, opts, baselines,
+                       Outcome(None, [], (name, baseline_plans(ctx, baselines)[name]), "baselines only"))
+    start = search_start(ctx, baselines)
+    best, history = _generations(ctx, evaluator, opts, baselines, start)
+    return _finish(ctx, evaluator, opts, baselines,
+                   Outcome(best, history, selection_winner(ctx, best, baselines), start.source))
+
+
+def _generations(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions, baselines: dict[str, dict[str, Any]],
+                 start: Start) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    n_genes = len(ctx.free_genes)
     popsize, n_gen = ctx.cfg.search.popsize(n_genes), ctx.cfg.search.num_generations(n_genes)
-    search = CmaSearch(start_vector(ctx.spec, ctx.breeder.num_layers), ctx.cfg.search.sigma0, popsize, ctx.seed)
+    log.info("CMA-ES: %d genes, population %d, %d generations, start %s, sigma0 %g", n_genes, popsize, n_gen,
+             start.source, start.sigma0)
+    search = CmaSearch(start.x0, start.sigma0, popsize, ctx.seed, pull=ctx.cfg.search.pull)
     hist_file = ctx.out / "history.jsonl"
     history = load_history(hist_file)
     search.replay(history, hist_file)
@@ -206,12 +218,45 @@ def run_search(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions) -> Ev
         errors = [c["error"] for h in history for c in h["candidates"] if c.get("error")]
         first = f" (first: {errors[0]})" if errors else ""
         raise DarwinError(f"every candidate failed or violated a constraint{first}; see {hist_file} for all errors")
-    winner = selection_winner(ctx, best, baselines)
-    if not opts.write_outputs:
-        return EvolveResult(ctx.out, best, baselines, history, None, winner=winner[0] if winner else None)
-    child = write_outputs(ctx, evaluator, best, baselines, winner)
-    return EvolveResult(ctx.out, best, baselines, history, child.child_dir, child.constraints,
-                        winner=winner[0] if winner else None)
+    return best, history
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the search found: the best candidate (None with ``--baselines-only``), the history, the
+    baseline that won the final pick (name, plan) or None, and where the search started."""
+
+    best: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    winner: tuple[str, MergePlan] | None
+    start: str
+
+
+def _finish(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions, baselines: dict[str, dict[str, Any]],
+            found: Outcome) -> EvolveResult:
+    name = found.winner[0] if found.winner else None
+    summary = build_report(ctx, evaluator, found.best, baselines, name, found.start)
+    best = found.best or {**baselines[name or ""], "genes": None}
+    child_dir, constraints = None, None
+    if opts.write_outputs:
+        child = write_outputs(ctx, evaluator, found.best, baselines, found.winner, summary)
+        child_dir, constraints = child.child_dir, child.constraints
+    return EvolveResult(ctx.out, best, baselines, found.history, child_dir, constraints, winner=name,
+                        summary=summary)
+
+
+def uniform_winner(baselines: dict[str, dict[str, Any]]) -> str:
+    """The uniform baseline (``uniform 0.5``, ``tuned <family>``) with the best selection score, or the
+    best fitness without selection data (``--baselines-only``).
+
+    Raises:
+        DarwinError: every uniform baseline failed.
+    """
+    uni = {k: v for k, v in baselines.items() if kind_of(k) == "uniform" and v.get("fitness") is not None}
+    if not uni:
+        raise DarwinError("every uniform baseline failed; see baselines.json")
+    key = "selection" if any(v.get("selection") is not None for v in uni.values()) else "fitness"
+    return max((k for k in uni if uni[k].get(key) is not None), key=lambda k: uni[k][key])
 
 
 def selection_winner(ctx: RunContext, best: dict[str, Any], baselines: dict[str, dict[str, Any]]
@@ -228,9 +273,17 @@ def selection_winner(ctx: RunContext, best: dict[str, Any], baselines: dict[str,
         return None
     log.warning("%s beats every candidate on the selection data (%.6g vs %.6g): it is the child",
                 name, scored[name], best.get("selection") if best.get("selection") is not None else float("nan"))
-    plans = {**ctx.breeder.baselines(), **(_tuned_plans(ctx, baselines) if isinstance(ctx.breeder, PairBreeder)
-                                           else {})}
-    return name, plans[name]
+    return name, baseline_plans(ctx, baselines)[name]
+
+
+def data_roles(cfg: ParentsConfig) -> tuple[ParentsConfig, list[str]]:
+    """The hold-out and overlap checks of :mod:`darwin.search.dataroles`, each said as a warning;
+    returns the configuration to run and what was said."""
+    cfg, note = with_holdout(cfg)
+    notes = ([note] if note else []) + overlap_warnings(cfg)
+    for n in notes:
+        log.warning("%s", n)
+    return cfg, notes
 
 
 def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: str | os.PathLike,
@@ -249,12 +302,12 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
         RecipeError, CheckpointError, CompatibilityError, OutputExistsError, DarwinError.
     """
     opts = options or EvolveOptions()
-    cfg = load_parents_config(config)
-    ctx = prepare(cfg, Path(out_dir).expanduser().resolve())
+    cfg, notes = data_roles(load_parents_config(config))
+    ctx = replace(prepare(cfg, Path(out_dir).expanduser().resolve()), notes=tuple(notes))
     fit: dict[str, Any] = {"fitness": as_score_fn(fitness if fitness is not None else build_fitness(cfg.fitness))}
     for role in ("selection", "test"):
         if getattr(cfg, role):
-            fit[role] = build_fitness(getattr(cfg, role))
+            fit[role] = build_fitness(getattr(cfg, role), keep_documents=True)
     workers, address = _placement(cfg, opts)
     check_start(ctx)
     evaluator = make_evaluator(ctx, fit, workers, address)  # Ray workers that cannot start fail before the folder

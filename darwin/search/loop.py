@@ -112,7 +112,7 @@ def search_loop(ctx: RunContext, search: CmaSearch, evaluator: Evaluator, histor
     loop stops once that many generations brought no selection gain (a resumed run stops at the
     same generation: the rule reads only the history).
     """
-    n_gen = ctx.cfg.search.num_generations(len(ctx.genes))
+    n_gen = ctx.cfg.search.num_generations(len(ctx.free_genes))
     best = best_candidate(history)
     t_start = time.perf_counter()
     for g in range(len(history), n_gen):

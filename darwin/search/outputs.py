@@ -25,6 +25,7 @@ from darwin.plan.run import write_card, write_child
 from darwin.search.constraints import constraint_card, verify_child
 from darwin.search.context import RunContext
 from darwin.search.evaluator import Evaluator
+from darwin.search.report import summary_table
 from darwin.search.runfolder import write_json_atomic, write_text_atomic
 
 CHILD_SHARD_BYTES = 5 * 10**9
@@ -93,18 +94,17 @@ def child_health(ctx: RunContext, evaluator: Evaluator, plan: MergePlan) -> dict
     return health_check(resident.model, pa, pb, resident.tokenizer, prompts, n_layers, **b.health_map(plan))
 
 
-def card_sections(ctx: RunContext, best: dict[str, Any], baselines: dict[str, Any], health: dict[str, Any]
+def card_sections(ctx: RunContext, best: dict[str, Any] | None, health: dict[str, Any], summary: dict[str, Any]
                   ) -> tuple[list[str], dict[str, Any]]:
-    """Model-card sections (fitness table, health, lineage) and the child's lineage."""
-    lineage = {"model": "child", "method": f"darwin evolve ({ctx.spec.name})", "fitness": best["fitness"],
-               "genes": best["genes"],
+    """Model-card sections (the report's table, health, lineage) and the child's lineage."""
+    lineage = {"model": "child", "method": f"darwin evolve ({ctx.spec.name})", "child": summary["child"],
+               "fitness": next(r["search_fitness"] for r in summary["models"] if r["kind"] == "child"),
+               "genes": best["genes"] if best and summary["child"] == "best candidate" else None,
                "parents": [read_lineage(ctx.checkpoints[r].path) for r in ctx.breeder.models]}
-    rows = [f"| {k} | {v['fitness']:.5g} |" if v["fitness"] is not None else f"| {k} | failed |"
-            for k, v in baselines.items()]
-    table = "\n".join(["## Fitness", "", "| model | fitness |", "|---|---|", *rows,
-                       f"| **evolved child** | **{best['fitness']:.5g}** |"])
+    notes = "".join(f"\n\n{n}." for n in summary["data_notes"])
     flags = health["flags"] or ["none"]
-    sections = [table,
+    sections = ["## Fitness (higher is better)\n\nsearch: what CMA-ES optimised; selection: picked the child; "
+                "test: never read by any decision.\n\n" + summary_table(summary) + notes,
                 "## Health check\n\n" + f"finite: {health['finite']}; flags: " + "; ".join(flags),
                 "## Lineage\n\n```json\n" + json.dumps(lineage, indent=1) + "\n```"]
     return sections, lineage
@@ -147,20 +147,23 @@ def baseline_recipe(ctx: RunContext, name: str, baselines: dict[str, Any]) -> di
             "models": [{"model": a_ref, "parameters": {"weight": 0.5}}, {"model": b_ref, "parameters": {"weight": 0.5}}]}
 
 
-def write_outputs(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any], baselines: dict[str, Any],
-                  winner: tuple[str, MergePlan] | None = None) -> ChildOutputs:
-    """Everything a finished run writes besides its history (see module doc).
+def write_outputs(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any] | None, baselines: dict[str, Any],
+                  winner: tuple[str, MergePlan] | None, summary: dict[str, Any]) -> ChildOutputs:
+    """Everything a finished run writes besides its history and report (see module doc).
 
-    ``winner``: a baseline (name, plan) that beat every candidate on the selection data; it is then
-    the child, and ``recipe.yaml`` is its plain mergekit recipe (``best_genome.yaml`` still records
-    the best candidate).
+    ``winner``: a baseline (name, plan) that beat every candidate on the selection data (or the
+    best uniform merge with ``--baselines-only``, where ``best`` is None); it is then the child, and
+    ``recipe.yaml`` is its plain mergekit recipe (``best_genome.yaml`` still records the best
+    candidate).
     """
-    plan = write_genome_files(ctx, best)
+    plan = write_genome_files(ctx, best) if best is not None else None
     if winner is not None:
         name, plan = winner
-        write_text_atomic(ctx.out / "recipe.yaml", f"# {name}: it beat every candidate on the selection data\n"
+        why = "it beat every candidate on the selection data" if best is not None else "the best tuned uniform merge"
+        write_text_atomic(ctx.out / "recipe.yaml", f"# {name}: {why}\n"
                           + yaml.safe_dump(baseline_recipe(ctx, name, baselines), sort_keys=False))
+    assert plan is not None  # a run without a best candidate has a winner
     health = child_health(ctx, evaluator, plan)
     write_json_atomic(ctx.out / "health.json", health)
-    sections, lineage = card_sections(ctx, best, baselines, health)
+    sections, lineage = card_sections(ctx, best, health, summary)
     return write_child_folder(ctx, plan, sections, lineage)

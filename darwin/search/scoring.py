@@ -18,7 +18,7 @@ def build_component(entry: FitnessEntry) -> Component:
         fn: Callable[[Any, Any], float]
         if p.documents:
             fn = DocumentFitness(p.files, p.window, p.batch_size, p.separator, p.text_field,
-                                 "nats" if entry.kind == "perplexity" else "bits_per_byte")
+                                 "nats" if entry.kind == "perplexity" else "bits_per_byte", p.part, p.part_share)
         else:
             cls = PerplexityFitness if entry.kind == "perplexity" else BitsPerByteFitness
             fn = cls(p.files, p.max_tokens, p.window, p.batch_size)
@@ -34,9 +34,10 @@ def build_component(entry: FitnessEntry) -> Component:
     return Component(f"python:{entry.python}", load_callable(entry.python), entry.weight)
 
 
-def build_fitness(entries: list[FitnessEntry]) -> CombinedFitness:
-    """Weighted sum of all entries."""
-    return CombinedFitness([build_component(e) for e in entries])
+def build_fitness(entries: list[FitnessEntry], keep_documents: bool = False) -> CombinedFitness:
+    """Weighted sum of all entries (``keep_documents``: per-document contributions too, see
+    :class:`darwin.fitness.base.CombinedFitness`)."""
+    return CombinedFitness([build_component(e) for e in entries], keep_documents)
 
 
 def as_score_fn(fn: Any) -> Callable[[Any, Any], Any]:

@@ -53,8 +53,13 @@ def train_loop(model, streams: list[torch.Tensor], opt, *, steps: int, seq: int,
 
 
 def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: int = 256, batch: int = 2,
-             lr: float = 1e-4, seed: int = 0, label: str = "", log=print) -> Path:
-    """Full fine-tune of ``base`` on random windows of ``train_text``; writes ``out`` (cached)."""
+             lr: float = 1e-4, seed: int = 0, label: str = "", log=print,
+             layers: range | None = None) -> Path:
+    """Fine-tune of ``base`` on random windows of ``train_text``; writes ``out`` (cached).
+
+    ``layers``: train only these decoder layers (every other weight frozen; the positive control
+    of ``benchmarks/bench_generalize.py``); None trains every weight.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from darwin.io.writer import atomic_output_dir
@@ -65,7 +70,11 @@ def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: i
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     ids = tok(train_text.read_text(), add_special_tokens=False, return_tensors="pt").input_ids[0]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    if layers is not None:
+        keep = {f"model.layers.{i}." for i in layers}
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(name.startswith(k) for k in keep))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     t0 = time.perf_counter()
     losses = train_loop(model, [ids], opt, steps=steps, seq=seq, batch=batch, seed=seed, label=label, log=log,
                         every=10)
@@ -76,7 +85,8 @@ def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: i
         (Path(tmp) / "PARENT.json").write_text(json.dumps({
             "fixture": "fine-tuned specialist built by examples/smollm2-bible-code/build_parents.py",
             "base": str(base), "train_text": train_text.name, "steps": steps, "seq": seq, "batch": batch,
-            "lr": lr, "seed": seed, "first_loss": losses[0], "last_loss": losses[-1],
+            "lr": lr, "seed": seed, "layers": [layers.start, layers.stop] if layers is not None else None,
+            "first_loss": losses[0], "last_loss": losses[-1],
             "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
     return out
 

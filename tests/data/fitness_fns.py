@@ -88,3 +88,34 @@ def distance_to_uniform(model, tokenizer) -> float:
 
 def constant_zero(model, tokenizer) -> float:
     return 0.0
+
+
+_DEPTH: dict[str, torch.Tensor] = {}
+
+
+def _depth_target() -> dict[str, torch.Tensor]:
+    """Layers 0-1 from A, layers 2-3 from B, everything else 0.5·A + 0.5·B: a depth structure no
+    uniform merge has, which the ``zones`` genome (zone 0 = layers 0-1 of 4) can reach."""
+    if not _DEPTH:
+        a = load_file(os.path.join(os.environ["DARWIN_TEST_A"], "model.safetensors"))
+        b = load_file(os.path.join(os.environ["DARWIN_TEST_B"], "model.safetensors"))
+        for k in a:
+            layer = int(k.split(".")[2]) if k.startswith("model.layers.") else None
+            w = 0.5 if layer is None else (0.0 if layer < 2 else 1.0)
+            _DEPTH[k] = (1 - w) * a[k].float() + w * b[k].float()
+    return _DEPTH
+
+
+def depth_tensor_scores(model, tokenizer) -> list[float]:
+    """Per tensor (the "documents"): minus the RMS distance of the weights to the depth target."""
+    sd = model.state_dict()
+    return [-math.sqrt(float(((sd[k].float() - t) ** 2).mean())) for k, t in sorted(_depth_target().items())]
+
+
+def depth_target(model, tokenizer) -> float:
+    """Mean of :func:`depth_tensor_scores` (optimum 0); document-level, so a paired bootstrap applies."""
+    s = depth_tensor_scores(model, tokenizer)
+    return sum(s) / len(s)
+
+
+depth_target.doc_scores = depth_tensor_scores  # type: ignore[attr-defined]
