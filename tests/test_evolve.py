@@ -171,6 +171,9 @@ def test_lm_eval_fitness_on_local_task(demo, tmp_path):
     v1 = fit(model, tok)
     assert 0.0 <= v1 <= 1.0
     assert fit(model, tok) == v1  # deterministic
+    items = fit.doc_scores(model, tok)  # per item: acc is 0/1 per question, its mean the score
+    assert len(items) == 6 and set(items) <= {0.0, 1.0} and sum(items) / 6 == pytest.approx(v1)
+    assert fit(model, tok) == v1
 
 
 def test_bad_fitness_leaves_no_run_folder(demo, tmp_path):

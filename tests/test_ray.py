@@ -69,7 +69,7 @@ def test_a_worker_killed_mid_generation_is_replaced(serial_run, tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert marker.exists(), "no worker died: the test did not exercise the fault path"
-    assert "evolved child" in p.stdout and (tmp_path / "run" / "child" / "config.json").exists()
+    assert "best candidate" in p.stdout and (tmp_path / "run" / "child" / "config.json").exists()
     hist = read_history(tmp_path / "run" / "history.jsonl")
     assert all(c["error"] is None for g in hist for c in g["candidates"])  # every candidate scored
     _same_history(serial.history, hist)

@@ -44,7 +44,8 @@ class CombinedFitness:
     """Weighted sum of components: ``total = Σ wᵢ·fᵢ(model, tokenizer)``.
 
     With ``keep_documents`` and every component document-level (a ``doc_scores(model, tokenizer)``
-    method, as :class:`darwin.fitness.perplexity.DocumentFitness` has), the score also keeps one
+    method returning a list, as :class:`darwin.fitness.perplexity.DocumentFitness` has; one that
+    returns None has no per-item scores and is scored whole), the score also keeps one
     number per document: document j of component c (``n_c`` documents, ``N`` in all) contributes
     ``w_c · (N / n_c) · s_j``, so the mean of the contributions is the total and a paired bootstrap
     over them resamples documents (:func:`darwin.fitness.stats.paired_bootstrap`).
@@ -65,8 +66,9 @@ class CombinedFitness:
     def __call__(self, model: Any, tokenizer: Any) -> Score:
         vals, per_doc = {}, {}
         for c in self.components:
-            if self.keep_documents:
-                per_doc[c.name] = [float(v) for v in c.fn.doc_scores(model, tokenizer)]  # type: ignore[attr-defined]
+            per = c.fn.doc_scores(model, tokenizer) if self.keep_documents else None  # type: ignore[attr-defined]
+            if per is not None:
+                per_doc[c.name] = [float(x) for x in per]
                 v = math.fsum(per_doc[c.name]) / max(len(per_doc[c.name]), 1)
             else:
                 v = float(c.fn(model, tokenizer))
@@ -75,7 +77,7 @@ class CombinedFitness:
             vals[c.name] = v
         total = sum(c.weight * vals[c.name] for c in self.components)
         docs = None
-        if self.keep_documents:
+        if self.keep_documents and len(per_doc) == len(self.components):
             n = sum(len(v) for v in per_doc.values())
             docs = [c.weight * n / len(per_doc[c.name]) * s for c in self.components for s in per_doc[c.name]]
         return Score(total, vals, docs)

