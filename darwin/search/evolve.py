@@ -43,7 +43,7 @@ from darwin.search.context import RunContext
 from darwin.search.dataroles import overlap_warnings, with_holdout
 from darwin.search.evaluator import Evaluator, LocalEvaluator
 from darwin.search.loop import best_candidate, search_loop
-from darwin.search.monitor import RunMonitor
+from darwin.search.monitor import RunMonitor, counting
 from darwin.search.outputs import write_outputs
 from darwin.search.priors import apply_priors
 from darwin.search.report import build_report, kind_of
@@ -160,26 +160,27 @@ def _placement(cfg: ParentsConfig, opts: EvolveOptions) -> tuple[int, str | None
     return workers, address
 
 
-def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str, Any]]:
+def score_baselines(ctx: RunContext, evaluator: Evaluator, progress: bool = False) -> dict[str, dict[str, Any]]:
     """Fitness records of the decoder's baselines and, for pair genomes, of the tuned uniform merges
     (:mod:`darwin.search.baselines`: the best of each grid), scored once and cached in ``baselines.json``."""
     def compute() -> dict[str, dict[str, Any]]:
         plans = ctx.breeder.baselines()
-        out = dict(zip(plans, evaluator.run(list(plans.values()))))
         bcfg = ctx.cfg.baselines
-        if bcfg.enabled and isinstance(ctx.breeder, PairBreeder):
-            grids = grid_plans(bcfg, pair_refs(ctx))
-            flat = [(fam, setting, plan) for fam, pts in grids.items() for setting, plan in pts]
-            recs = evaluator.run([p for _, _, p in flat])
-            results: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
-            for (fam, setting, _), rec in zip(flat, recs):
-                results.setdefault(fam, []).append((setting, rec))
-            out.update(best_of_grids(results))
+        grids = grid_plans(bcfg, pair_refs(ctx)) if bcfg.enabled and isinstance(ctx.breeder, PairBreeder) else {}
+        flat = [(fam, setting, plan) for fam, pts in grids.items() for setting, plan in pts]
+        with counting("baselines", len(plans) + len(flat), progress) as done:
+            out = dict(zip(plans, evaluator.run(list(plans.values()), done)))
+            recs = evaluator.run([p for _, _, p in flat], lambda i, r: done(i + len(plans), r))
+        results: dict[str, list[tuple[dict[str, float], dict[str, Any]]]] = {}
+        for (fam, setting, _), rec in zip(flat, recs):
+            results.setdefault(fam, []).append((setting, rec))
+        out.update(best_of_grids(results))
         if ctx.cfg.selection:  # the final pick compares the child with every baseline on the selection data
             sel_plans = baseline_plans(ctx, out)
             names = list(sel_plans)
-            for k, rec in zip(names, evaluator.run([sel_plans[k] for k in names], role="selection")):
-                out[k]["selection"] = rec["fitness"]
+            with counting("baselines on selection", len(names), progress) as done:
+                for k, rec in zip(names, evaluator.run([sel_plans[k] for k in names], done, role="selection")):
+                    out[k]["selection"] = rec["fitness"]
         return out
 
     return cached_json(ctx.out / "baselines.json", compute, indent=2)
@@ -187,7 +188,7 @@ def score_baselines(ctx: RunContext, evaluator: Evaluator) -> dict[str, dict[str
 
 def run_search(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions) -> EvolveResult:
     """Baselines, replay, generations, the final pick, the report and the outputs of a prepared run."""
-    baselines = score_baselines(ctx, evaluator)
+    baselines = score_baselines(ctx, evaluator, opts.progress)
     if opts.baselines_only:
         name = uniform_winner(baselines)
         log.warning("--baselines-only: the child is %s, the best tuned uniform merge on the %s data", name,
@@ -236,7 +237,7 @@ class Outcome:
 def _finish(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions, baselines: dict[str, dict[str, Any]],
             found: Outcome) -> EvolveResult:
     name = found.winner[0] if found.winner else None
-    summary = build_report(ctx, evaluator, found.best, baselines, name, found.start)
+    summary = build_report(ctx, evaluator, found.best, baselines, name, found.start, opts.progress)
     best = found.best or {**baselines[name or ""], "genes": None}
     child_dir, constraints = None, None
     if opts.write_outputs:

@@ -1,7 +1,9 @@
-"""What a person and a resumed run see of the search: the progress bar, ``history.jsonl``, ``fitness.png``."""
+"""What a person and a resumed run see of the search: the progress bars, ``history.jsonl``, ``fitness.png``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -57,3 +59,14 @@ class RunMonitor:
         append_jsonl(self.out / "history.jsonl", record)
         plot_history(history, self.baselines, self.out / "fitness.png", self.selection)
         self.bar.update(self.job, best=_fmt(record["best_so_far"]))
+
+
+@contextmanager
+def counting(label: str, total: int, progress: bool) -> Iterator[Callable[[int, dict[str, Any]], None]]:
+    """A rich bar for a batch of scored plans (baselines, the report): yields the evaluator's
+    ``on_done(index, record)`` callback, which advances it."""
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   disable=not progress, transient=False)
+    job = bar.add_task(label, total=total)
+    with bar:
+        yield lambda i, rec: bar.update(job, advance=1)

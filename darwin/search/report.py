@@ -30,6 +30,7 @@ from darwin.plan.plan import MergePlan
 from darwin.search.baselines import baseline_plans
 from darwin.search.context import RunContext
 from darwin.search.evaluator import Evaluator
+from darwin.search.monitor import counting
 from darwin.search.runfolder import write_json_atomic
 
 CANDIDATE, CHILD = "best candidate", "child"
@@ -93,7 +94,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], docs: dict[str, list[float]]) 
 
 
 def build_report(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any] | None, baselines: dict[str, dict[str, Any]],
-                 winner: str | None, start: str) -> dict[str, Any]:
+                 winner: str | None, start: str, progress: bool = False) -> dict[str, Any]:
     """Score every model on the test data (when the run has one) and write ``summary.json`` and
     ``test_scores.json``; returns the summary (see the module doc)."""
     rows, plans = _rows(ctx, best, baselines)
@@ -106,7 +107,8 @@ def build_report(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any] | N
         r["test_fitness"] = None
     if ctx.cfg.test:
         names = [r["name"] for r in rows if r["name"] in plans]
-        recs = dict(zip(names, evaluator.run([plans[n] for n in names], role="test")))
+        with counting("test data", len(names), progress) as done:
+            recs = dict(zip(names, evaluator.run([plans[n] for n in names], done, role="test")))
         for r in rows:
             rec = recs.get(r.get("source", r["name"]))
             if rec is not None:
