@@ -29,12 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples" / "smollm2-bible-code"))
 
 from build_parents import finetune  # noqa: E402
-from data import stdlib_modules, write_target_splits  # noqa: E402
+from data import code_training_text, write_target_splits  # noqa: E402
 
 FORTUNES = Path("/usr/share/games/fortunes")
 DEVIL = Path("/usr/share/dictd/devil.dict.dz")
 CONSTITUTION = Path("/usr/share/state/us-constitution.gz")
-CODE_TRAIN_CHARS = 2_000_000
 
 
 def _require(path: Path) -> Path:
@@ -52,14 +51,7 @@ def write_data(out: Path) -> dict[str, Path]:
     with gzip.open(_require(DEVIL), "rt", errors="replace") as f:
         prose.append(f.read())
     paths["train_prose"].write_text("\n%\n".join(prose))
-    code, n = [], 0
-    for m in stdlib_modules():
-        text = m.read_text(errors="replace")
-        code.append(f"# file: {m.name}\n{text}")
-        n += len(text)
-        if n > CODE_TRAIN_CHARS:
-            break
-    paths["train_code"].write_text("\n".join(code))
+    paths["train_code"].write_text(code_training_text())
     with gzip.open(_require(CONSTITUTION), "rt") as f:
         paths["guard"].write_text(f.read())
     paths.update(write_target_splits(out))

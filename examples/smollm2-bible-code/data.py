@@ -51,6 +51,21 @@ def stdlib_modules() -> list[Path]:
     return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
 
 
+def code_training_text(skip: tuple[str, ...] | list[str] = (), limit: int = CODE_TRAIN_CHARS) -> str:
+    """Top-level stdlib modules in name order (those in ``skip`` left out), each headed ``# file: NAME``,
+    until ``limit`` characters of source are collected."""
+    train, n = [], 0
+    for m in stdlib_modules():
+        if m.name in skip:
+            continue
+        text = m.read_text(errors="replace")
+        train.append(f"# file: {m.name}\n{text}")
+        n += len(text)
+        if n > limit:
+            break
+    return "\n".join(train)
+
+
 def write_splits(out: Path) -> dict[str, Path]:
     """Write every split into ``out``; returns name → path. Idempotent."""
     out.mkdir(parents=True, exist_ok=True)
@@ -62,16 +77,7 @@ def write_splits(out: Path) -> dict[str, Path]:
     paths["search_kjv"].write_text(fmt([v for v in verses if v["book"] == HOLDOUT_BOOK and v["chapter"] <= 2]))
     paths["heldout_kjv"].write_text(fmt([v for v in verses if v["book"] == HOLDOUT_BOOK and v["chapter"] >= 3]))
     mods = stdlib_modules()
-    train, n = [], 0
-    for m in mods:
-        if m.name in SEARCH_CODE + HELDOUT_CODE:
-            continue
-        text = m.read_text(errors="replace")
-        train.append(f"# file: {m.name}\n{text}")
-        n += len(text)
-        if n > CODE_TRAIN_CHARS:
-            break
-    paths["train_code"].write_text("\n".join(train))
+    paths["train_code"].write_text(code_training_text(skip=SEARCH_CODE + HELDOUT_CODE))
     by_name = {m.name: m for m in mods}
     paths["search_code"].write_text("\n".join(by_name[f].read_text() for f in SEARCH_CODE))
     paths["heldout_code"].write_text("\n".join(by_name[f].read_text() for f in HELDOUT_CODE))
