@@ -46,7 +46,7 @@ from darwin.search.loop import best_candidate, search_loop
 from darwin.search.monitor import RunMonitor, counting
 from darwin.search.outputs import write_outputs
 from darwin.search.priors import apply_priors
-from darwin.search.report import build_report, kind_of
+from darwin.search.report import Pick, build_report, kind_of
 from darwin.search.resident import ResidentSpec, check_plan_shapes
 from darwin.search.runfolder import cached_json, load_history, prepare_run_folder
 from darwin.search.scoring import as_score_fn, build_fitness
@@ -237,7 +237,7 @@ class Outcome:
 def _finish(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions, baselines: dict[str, dict[str, Any]],
             found: Outcome) -> EvolveResult:
     name = found.winner[0] if found.winner else None
-    summary = build_report(ctx, evaluator, found.best, baselines, name, found.start, opts.progress)
+    summary = build_report(ctx, evaluator, baselines, Pick(found.best, name, found.start), opts.progress)
     best = found.best or {**baselines[name or ""], "genes": None}
     child_dir, constraints = None, None
     if opts.write_outputs:

@@ -22,6 +22,7 @@ contributions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from darwin.fitness.stats import paired_bootstrap
@@ -93,10 +94,21 @@ def compare(a: dict[str, Any], b: dict[str, Any], docs: dict[str, list[float]]) 
     return out
 
 
-def build_report(ctx: RunContext, evaluator: Evaluator, best: dict[str, Any] | None, baselines: dict[str, dict[str, Any]],
-                 winner: str | None, start: str, progress: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Pick:
+    """What the report describes: the best candidate (None with ``--baselines-only``), the baseline
+    that won the final pick (None: the candidate did), and where the search started."""
+
+    best: dict[str, Any] | None
+    winner: str | None
+    start: str
+
+
+def build_report(ctx: RunContext, evaluator: Evaluator, baselines: dict[str, dict[str, Any]], pick: Pick,
+                 progress: bool = False) -> dict[str, Any]:
     """Score every model on the test data (when the run has one) and write ``summary.json`` and
     ``test_scores.json``; returns the summary (see the module doc)."""
+    best, winner, start = pick.best, pick.winner, pick.start
     rows, plans = _rows(ctx, best, baselines)
     _add_base(ctx, evaluator, rows, plans)
     child = dict(next(r for r in rows if r["name"] == (winner or CANDIDATE)), name=CHILD, kind="child",
