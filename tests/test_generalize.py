@@ -178,3 +178,23 @@ def test_resume_with_selection_reproduces_the_unbroken_run(demo, target_env, tmp
     assert strip(resumed.history) == strip(full.history)
     assert sum(c.get("selection") is not None for g in full.history for c in g["candidates"]) == 4 * 3
     assert resumed.summary["models"] == full.summary["models"]
+
+
+def test_no_decision_reads_the_test_data(demo, target_env, tmp_path):
+    """Two runs that differ only in their test data (the planted target vs pure noise) make the same
+    decisions: the same history, tuned baselines, best uniform, final pick and child; only the
+    test column differs."""
+    base = _cfg(demo, [{"python": f"{FITNESS_FILE}:distance_to_target"}], population=4, generations=2,
+                genome="zones", baselines=_linear_grid())
+    base["selection"] = [{"python": f"{FITNESS_FILE}:distance_to_uniform"}]
+    runs = []
+    for i, test in enumerate(("depth_target", "weight_noise")):
+        cfg = {**base, "test": [{"python": f"{FITNESS_FILE}:{test}"}]}
+        runs.append(darwin.evolve(cfg, tmp_path / f"run{i}", progress=False, write_outputs=False))
+    a, b = runs
+    strip = lambda h: [{k: v for k, v in c.items() if k not in ("seconds", "worker")}
+                       for g in h for c in g["candidates"]]
+    assert strip(a.history) == strip(b.history) and a.winner == b.winner
+    assert {k: v["fitness"] for k, v in a.baselines.items()} == {k: v["fitness"] for k, v in b.baselines.items()}
+    assert a.summary["best_uniform"] == b.summary["best_uniform"] and a.summary["child"] == b.summary["child"]
+    assert [m["test_fitness"] for m in a.summary["models"]] != [m["test_fitness"] for m in b.summary["models"]]
