@@ -46,7 +46,7 @@ from darwin.search.loop import best_candidate, search_loop
 from darwin.search.monitor import RunMonitor, counting
 from darwin.search.outputs import write_outputs
 from darwin.search.priors import apply_priors
-from darwin.search.report import Pick, build_report, kind_of
+from darwin.search.report import Pick, best_uniform, build_report, kind_of
 from darwin.search.resident import ResidentSpec, check_plan_shapes
 from darwin.search.runfolder import cached_json, load_history, prepare_run_folder
 from darwin.search.scoring import as_score_fn, build_fitness
@@ -249,16 +249,17 @@ def _finish(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions, baseline
 
 def uniform_winner(baselines: dict[str, dict[str, Any]]) -> str:
     """The uniform baseline (``uniform 0.5``, ``tuned <family>``) with the best selection score, or the
-    best fitness without selection data (``--baselines-only``).
+    best fitness without selection data (``--baselines-only``; the rule of
+    :func:`darwin.search.report.best_uniform`).
 
     Raises:
         DarwinError: every uniform baseline failed.
     """
-    uni = {k: v for k, v in baselines.items() if kind_of(k) == "uniform" and v.get("fitness") is not None}
-    if not uni:
+    row = best_uniform([{"name": k, "kind": kind_of(k), "search_fitness": v.get("fitness"),
+                         "selection_fitness": v.get("selection")} for k, v in baselines.items()])
+    if row is None:
         raise DarwinError("every uniform baseline failed; see baselines.json")
-    key = "selection" if any(v.get("selection") is not None for v in uni.values()) else "fitness"
-    return max((k for k in uni if uni[k].get(key) is not None), key=lambda k: uni[k][key])
+    return row["name"]
 
 
 def selection_winner(ctx: RunContext, best: dict[str, Any], baselines: dict[str, dict[str, Any]]

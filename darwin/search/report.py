@@ -114,6 +114,7 @@ def build_report(ctx: RunContext, evaluator: Evaluator, baselines: dict[str, dic
     child = dict(next(r for r in rows if r["name"] == (winner or CANDIDATE)), name=CHILD, kind="child",
                  source=winner or CANDIDATE)
     rows.append(child)
+    uni = best_uniform(rows)  # chosen before any test score exists: the test data cannot sway it
     docs: dict[str, list[float]] = {}
     for r in rows:
         r["test_fitness"] = None
@@ -127,7 +128,6 @@ def build_report(ctx: RunContext, evaluator: Evaluator, baselines: dict[str, dic
                 r["test_fitness"] = rec["fitness"]
                 if rec.get("documents") is not None:
                     docs[r["name"]] = rec["documents"]
-    uni = best_uniform(rows)
     cand = next((r for r in rows if r["name"] == CANDIDATE), None)
     summary = {"genome": ctx.spec.name, "seed": ctx.seed, "start": start, "child": child["source"],
                "data_notes": list(ctx.notes), "models": rows,
