@@ -7,9 +7,10 @@ darwin itself never trains; these parents only give the merge search real task v
 * parent A ("kjv"): KJV Bible without the book of Ruth;
 * parent B ("code"): CPython standard-library modules without the held-out files.
 
-Defaults: 40 steps, sequence 256 × batch 2, AdamW lr 1e-4, bf16 autocast on the CPU, seeded random
-windows (measured here: ≈ 4.5 s per step on 2 cores, so ≈ 3 min per parent; batch 4 doubles it).
-Cached: a parent folder that exists is reused.
+Defaults: 30 steps, sequence 256 × batch 2, AdamW lr 1e-4, bf16 autocast on the CPU, seeded random
+windows (measured here: ≈ 4.5 s per step on 2 cores, so ≈ 2.3 min per parent; batch 4 doubles it).
+Cached: a parent folder is reused when its ``PARENT.json`` records the same settings (steps, seq,
+batch, lr, seed, layers, training text); otherwise it is rebuilt.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def train_loop(model, streams: list[torch.Tensor], opt, *, steps: int, seq: int,
     return losses
 
 
-def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: int = 256, batch: int = 2,
+def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 30, seq: int = 256, batch: int = 2,
              lr: float = 1e-4, seed: int = 0, label: str = "", log=print,
              layers: range | None = None) -> Path:
     """Fine-tune of ``base`` on random windows of ``train_text``; writes ``out`` (cached).
@@ -64,7 +65,9 @@ def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: i
 
     from darwin.io.writer import atomic_output_dir
 
-    if (out / "model.safetensors").exists() and (out / "PARENT.json").exists():
+    settings = {"train_text": train_text.name, "steps": steps, "seq": seq, "batch": batch, "lr": lr, "seed": seed,
+                "layers": [layers.start, layers.stop] if layers is not None else None}
+    if (out / "model.safetensors").exists() and _recorded(out / "PARENT.json", settings):
         return out
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base)
@@ -84,14 +87,21 @@ def finetune(base: Path, train_text: Path, out: Path, *, steps: int = 40, seq: i
         tok.save_pretrained(tmp)
         (Path(tmp) / "PARENT.json").write_text(json.dumps({
             "fixture": "fine-tuned specialist built by examples/smollm2-bible-code/build_parents.py",
-            "base": str(base), "train_text": train_text.name, "steps": steps, "seq": seq, "batch": batch,
-            "lr": lr, "seed": seed, "layers": [layers.start, layers.stop] if layers is not None else None,
-            "first_loss": losses[0], "last_loss": losses[-1],
+            "base": str(base), **settings, "first_loss": losses[0], "last_loss": losses[-1],
             "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
     return out
 
 
-def build_parents(base: Path, data: Path, out: Path, steps: int = 40, seq: int = 256, batch: int = 2,
+def _recorded(meta: Path, settings: dict) -> bool:
+    """True if ``meta`` (a parent's PARENT.json) was written with these fine-tune settings."""
+    try:
+        done = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return all(done.get(k) == v for k, v in settings.items())
+
+
+def build_parents(base: Path, data: Path, out: Path, steps: int = 30, seq: int = 256, batch: int = 2,
                   log=print) -> dict[str, Path]:
     """Both specialists (cached)."""
     return {
@@ -107,6 +117,6 @@ if __name__ == "__main__":
     ap.add_argument("base", type=Path)
     ap.add_argument("data", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=30)
     a = ap.parse_args()
     print(build_parents(a.base, a.data, a.out, a.steps))
