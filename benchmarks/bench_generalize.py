@@ -10,7 +10,7 @@ The composition design of ``../shared/reference/evaluation-protocol.md`` on real
   the tuned uniform grids (linear, SLERP, task arithmetic, TIES, DARE-TIES), the default budget
   (10 × genome dimension) and early stopping (``--patience``); the MRI ablation (``--mri``) runs
   darwin14 with τ fixed at 0 and at 1 at the same budget; the positive control (``--control``)
-  runs zones on two fine-tunes of disjoint layer halves;
+  runs zones on two fine-tunes of disjoint layer halves (every seed of ``--seeds``);
 * guard: perplexity of the US Constitution (forgetting), child vs the best uniform.
 
 The tuned grids are scored once per parent pair and shared by every arm and seed (same parents,
@@ -24,6 +24,7 @@ Usage::
 
     .venv/bin/python benchmarks/generalize_fixtures.py          # once: data and parents (cached)
     .venv/bin/python benchmarks/bench_generalize.py [--arms darwin14,zones] [--seeds 0,1,2] [--mri] [--control]
+    .venv/bin/python benchmarks/bench_generalize.py --mri --control --finished   # the table of what has run
 
 Writes ``benchmarks/_work/generalize/<arm>-s<seed>/`` (run folders) and ``results.json``,
 ``results.md`` there; prints the table.
@@ -51,8 +52,8 @@ def config(arm: str, seed: int, window: int, patience: int, pair: tuple[str, str
                                          "documents": True, "batch_size": 16}}]
     genome = "zones" if arm.startswith("zones") else "darwin14"
     search: dict[str, Any] = {"seed": seed, "patience": patience}
-    if arm in ("tau0", "tau1"):
-        search["fixed"] = {"mri_trust": 0.0 if arm == "tau0" else 1.0}
+    if arm in ("tau0", "tau1"):  # the same budget as darwin14's default (10 × 14 genes)
+        search.update(fixed={"mri_trust": 0.0 if arm == "tau0" else 1.0}, max_evaluations=140)
     return {"parents": [str(GEN / "parents" / pair[0]), str(GEN / "parents" / pair[1])],
             "base": str(CACHE / "zoo" / "smollm2"), "genome": genome, "mri": {"enabled": genome == "darwin14"},
             "fitness": docs("search"), "selection": docs("selection"), "test": docs("test"),
@@ -60,8 +61,9 @@ def config(arm: str, seed: int, window: int, patience: int, pair: tuple[str, str
             "baselines": {"slerp": [0.1, 0.3, 0.5, 0.7, 0.9]}}
 
 
-def seed_folder(run: Path, cfg: dict[str, Any], shared: Path | None) -> bool:
-    """Pre-seed ``run`` with the shared ``baselines.json`` (see the module doc); True if it resumes."""
+def seed_folder(run: Path, cfg: dict[str, Any], shared: Path | None, mri: Path | None = None) -> bool:
+    """Pre-seed ``run`` with the shared ``baselines.json`` and, when the run uses MRI, the shared
+    ``mri.json`` (the same parents and probe prompts; see the module doc); True if it resumes."""
     from darwin.search.config import load_parents_config
     from darwin.search.runfolder import config_snapshot
 
@@ -74,6 +76,8 @@ def seed_folder(run: Path, cfg: dict[str, Any], shared: Path | None) -> bool:
     run.mkdir(parents=True, exist_ok=True)
     (run / "run.json").write_text(json.dumps(config_snapshot(load_parents_config(cfg)), indent=1))
     shutil.copy(shared, run / "baselines.json")
+    if cfg["mri"]["enabled"] and mri is not None and mri.exists():
+        shutil.copy(mri, run / "mri.json")
     return True
 
 
@@ -119,12 +123,14 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, shared: dict[str, Pat
     pair = ("control-prose-0-14", "control-code-15-29") if arm == "zones-control" else ("prose", "code")
     cfg = config(arm, seed, args.window, args.patience, pair)
     run = args.work / f"{arm}-s{seed}"
-    resume = seed_folder(run, cfg, shared.get(pair[0]))
+    resume = seed_folder(run, cfg, shared.get(pair[0]), shared.get(f"{pair[0]} mri"))
     t0 = time.perf_counter()
     if not (run / "summary.json").exists():
         darwin.evolve(cfg, run, resume=resume, force=not resume, progress=False)
     seconds = time.perf_counter() - t0
     shared.setdefault(pair[0], run / "baselines.json")
+    if (run / "mri.json").exists():
+        shared.setdefault(f"{pair[0]} mri", run / "mri.json")
     s = json.loads((run / "summary.json").read_text())
     hist = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines() if x.strip()]
     c, cand = s["child_vs_best_uniform"], s["candidate_vs_best_uniform"]
@@ -171,11 +177,15 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=64, help="tokens scored per document")
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "generalize")
+    ap.add_argument("--finished", action="store_true",
+                    help="only the runs of the plan that have finished (report them; start nothing)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     arms = args.arms.split(",") + (["tau0", "tau1"] if args.mri else [])
     seeds = [int(s) for s in args.seeds.split(",")]
-    plan = [(a, s) for s in seeds for a in arms] + ([("zones-control", seeds[0])] if args.control else [])
+    plan = [(a, s) for s in seeds for a in arms] + ([("zones-control", s) for s in seeds] if args.control else [])
+    if args.finished:
+        plan = [(a, s) for a, s in plan if (args.work / f"{a}-s{s}" / "summary.json").exists()]
     rows: list[dict[str, Any]] = []
     shared: dict[str, Path] = {}
     for arm, seed in plan:
