@@ -147,6 +147,18 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, shared: dict[str, Pat
             "models": s["models"]}
 
 
+def finished_shares(work: Path) -> dict[str, Path]:
+    """The shared ``baselines.json`` / ``mri.json`` of finished runs in ``work`` (earlier invocations),
+    keyed as :func:`run_arm` keys them (parent pair, ``"<pair> mri"``)."""
+    shared: dict[str, Path] = {}
+    for run in sorted(work.glob("*-s*/summary.json")):
+        pair = "control-prose-0-14" if run.parent.name.startswith("zones-control") else "prose"
+        shared.setdefault(pair, run.parent / "baselines.json")
+        if (run.parent / "mri.json").exists():
+            shared.setdefault(f"{pair} mri", run.parent / "mri.json")
+    return shared
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     """Markdown table: per arm and seed, the pick, Δ test vs the best uniform with its CI, the search
     candidate's own Δ, the guard."""
@@ -187,7 +199,7 @@ def main() -> None:
     if args.finished:
         plan = [(a, s) for a, s in plan if (args.work / f"{a}-s{s}" / "summary.json").exists()]
     rows: list[dict[str, Any]] = []
-    shared: dict[str, Path] = {}
+    shared = finished_shares(args.work)
     for arm, seed in plan:
         print(f"[{time.strftime('%H:%M:%S')}] {arm} seed {seed}", flush=True)
         rows.append(run_arm(arm, seed, args, shared))
