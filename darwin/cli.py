@@ -128,9 +128,16 @@ def evolve(
     _print_run(res)
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run: the same arguments, ``--force`` dropped, ``--resume`` added."""
+    import shlex
+
+    return shlex.join(["darwin", *[a for a in argv[1:] if a not in ("--force", "--resume")], "--resume"])
+
+
 def _interrupted(output: Path) -> NoReturn:
-    console.print(f"interrupted; finished generations are saved: continue with --resume -o {output}",
-                  highlight=False)
+    console.print(f"interrupted; finished generations are saved in {output}: continue with\n  "
+                  f"{resume_command(sys.argv)}", highlight=False, soft_wrap=True)
     raise typer.Exit(130) from None
 
 
@@ -151,6 +158,8 @@ def _print_run(res) -> None:
     if c and c.get("delta_test") is not None:
         ci = f", 95% CI [{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]" if c.get("ci95") else ""
         out.print(f"child − best uniform ({c['uniform']}) on test: {c['delta_test']:+.4g}{ci}", highlight=False)
+    for role, text in (summary.get("fitness_labels") or {}).items():
+        out.print(f"{role}: {text}", highlight=False)
     if summary["child"] != "best candidate" and res.history:
         out.print(f"[yellow]note:[/] {summary['child']} beat every search candidate on the selection data, so it "
                   "is the child (a uniform merge winning is a valid result)", highlight=False)

@@ -33,11 +33,14 @@ class Score:
 
     ``documents``: with ``keep_documents``, every document's contribution to ``total`` (their mean
     is ``total``; see :class:`CombinedFitness`), for paired comparisons; else None.
+    ``metrics``: everything the components reported beside their score (a component's
+    ``last_metrics`` mapping after its call, e.g. every lm-eval metric as ``"task/acc,none"``).
     """
 
     total: float
     components: dict[str, float]
     documents: list[float] | None = None
+    metrics: dict[str, float] | None = None
 
 
 class CombinedFitness:
@@ -64,7 +67,7 @@ class CombinedFitness:
         self.keep_documents = keep_documents and all(hasattr(c.fn, "doc_scores") for c in self.components)
 
     def __call__(self, model: Any, tokenizer: Any) -> Score:
-        vals, per_doc = {}, {}
+        vals, per_doc, metrics = {}, {}, {}
         for c in self.components:
             per = c.fn.doc_scores(model, tokenizer) if self.keep_documents else None  # type: ignore[attr-defined]
             if per is not None:
@@ -75,9 +78,11 @@ class CombinedFitness:
             if not math.isfinite(v):
                 raise ValueError(f"fitness {c.name!r} returned {v}")
             vals[c.name] = v
+            for k, m in (getattr(c.fn, "last_metrics", None) or {}).items():
+                metrics[f"{c.name}/{k}" if k in metrics else k] = float(m)
         total = sum(c.weight * vals[c.name] for c in self.components)
         docs = None
         if self.keep_documents and len(per_doc) == len(self.components):
             n = sum(len(v) for v in per_doc.values())
             docs = [c.weight * n / len(per_doc[c.name]) * s for c in self.components for s in per_doc[c.name]]
-        return Score(total, vals, docs)
+        return Score(total, vals, docs, metrics or None)

@@ -91,9 +91,23 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
 
 
 def write_card(plan: MergePlan, folder: Path, sections: list[str] | None = None) -> None:
-    """(Re)write the child's model card: parents, method, recipe, parameter count, extra sections."""
-    write_model_card(folder, parents=plan.models, method=plan.method, parameters=plan.recipe,
-                     num_parameters=plan.num_parameters, dtype=dtype_name(plan.out_dtype), extra_sections=sections)
+    """(Re)write the child's model card: parents, base, method, recipe, parameter count, extra sections."""
+    base = plan_base(plan)
+    write_model_card(folder, parents=[m for m in plan.models if m != base], method=plan.method,
+                     parameters=plan.recipe, num_parameters=plan.num_parameters, dtype=dtype_name(plan.out_dtype),
+                     extra_sections=sections, base=base)
+
+
+def plan_base(plan: MergePlan) -> str | None:
+    """The model of ``plan.models`` that the recipe names as its base (``base_model`` / ``base``)."""
+    named = plan.recipe.get("base_model") or plan.recipe.get("base")
+    if not isinstance(named, str):
+        return None
+    want = Path(named).expanduser().resolve() if Path(named).expanduser().exists() else None
+    for m in plan.models:
+        if m == named or (want is not None and Path(m).expanduser().exists() and Path(m).expanduser().resolve() == want):
+            return m
+    return None
 
 
 def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike | tuple[MergePlan, dict[str, Checkpoint]],

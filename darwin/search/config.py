@@ -104,13 +104,40 @@ class PerplexitySpec(_Strict):
 
 
 class LmEvalSpec(_Strict):
-    """lm-eval tasks on the in-memory model (see :mod:`darwin.fitness.lm_eval`)."""
+    """lm-eval tasks on the in-memory model (see :mod:`darwin.fitness.lm_eval`).
 
-    tasks: list[str]
+    ``limit``: items per task, an int ≥ 1 or a fraction in (0, 1) of each task's items (lm-eval's
+    rule: ⌈n·limit⌉). ``metric``: one metric name for every task, or ``{task: metric}``; default:
+    each task's first metric. ``score``: ``auto`` (the log-likelihood margin for multiple-choice
+    tasks without a named metric, the metric otherwise), ``margin`` or ``metric``. ``num_fewshot``, ``apply_chat_template``,
+    ``fewshot_as_multiturn`` (default: on with a chat template, as the ``lm_eval`` CLI),
+    ``system_instruction``, ``gen_kwargs`` (generative tasks) and ``batch_size`` (int or ``auto``)
+    are lm-eval's own options, passed through.
+    """
+
+    tasks: list[str] = Field(min_length=1)
     include_path: Optional[str] = None
-    limit: Optional[int] = None
-    metric: Optional[str] = None
-    batch_size: int = 4
+    limit: Optional[float] = None
+    metric: Optional[str | dict[str, str]] = None
+    score: Literal["auto", "margin", "metric"] = "auto"
+    batch_size: int | Literal["auto"] = 4
+    num_fewshot: Optional[int] = Field(None, ge=0)
+    apply_chat_template: bool | str = False
+    fewshot_as_multiturn: Optional[bool] = None
+    system_instruction: Optional[str] = None
+    gen_kwargs: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.limit is not None and not (0 < self.limit < 1 or (self.limit >= 1 and self.limit == int(self.limit))):
+            raise ValueError(f"limit: an item count >= 1 or a fraction in (0, 1), got {self.limit}")
+        if isinstance(self.metric, dict) and (extra := sorted(set(self.metric) - set(self.tasks))):
+            raise ValueError(f"metric: {extra} are not among the tasks {self.tasks}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1 or 'auto'")
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn needs apply_chat_template")
+        return self
 
 
 _KINDS = ("perplexity", "bits_per_byte", "lm_eval", "python")

@@ -8,8 +8,9 @@ Two implementations share one interface (``run(plans, on_done) -> records``, ``r
   actor per worker, each holding the parents and a resident model.
 
 A fitness record is ``{"fitness": float | None, "components": {name: float}, "error": str | None,
-"seconds": float, "worker": str}``; ``fitness`` is None when the candidate failed (exception, NaN,
-out of memory) and ``error`` says why.
+"seconds": float, "worker": str}``, plus ``metrics`` (every metric the fitness reported, e.g. all
+of lm-eval's) and ``documents`` (per-document scores) when the fitness has them; ``fitness`` is
+None when the candidate failed (exception, NaN, out of memory) and ``error`` says why.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def evaluate_plan(resident: ResidentModel, plan: MergePlan, fitness, worker: str
         rec: dict[str, Any] = {"fitness": score.total, "components": score.components, "error": None}
         if getattr(score, "documents", None) is not None:
             rec["documents"] = score.documents
+        if getattr(score, "metrics", None):
+            rec["metrics"] = score.metrics
     except Exception as e:  # any failure scores worst and is logged with its genome
         rec = {"fitness": None, "components": {}, "error": f"{type(e).__name__}: {e}"}
     rec["seconds"] = round(time.perf_counter() - t0, 4)

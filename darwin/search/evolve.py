@@ -46,10 +46,10 @@ from darwin.search.loop import best_candidate, search_loop
 from darwin.search.monitor import RunMonitor, counting
 from darwin.search.outputs import write_outputs
 from darwin.search.priors import apply_priors
-from darwin.search.report import Pick, best_uniform, build_report, kind_of
+from darwin.search.report import Pick, best_uniform, build_report, kind_of, run_labels
 from darwin.search.resident import ResidentSpec, check_plan_shapes
 from darwin.search.runfolder import cached_json, load_history, prepare_run_folder
-from darwin.search.scoring import as_score_fn, build_fitness
+from darwin.search.scoring import as_score_fn, build_fitness, preflight, route_logs
 from darwin.search.start import Start, check_start_options, genome_start_values, search_start
 
 log = logging.getLogger("darwin.evolve")
@@ -214,7 +214,7 @@ def _generations(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions, bas
     so_far = best_candidate(history)
     with RunMonitor(ctx.out, {k: v["fitness"] for k, v in baselines.items()}, counts=(popsize, n_gen, len(history)),
                     best=so_far["fitness"] if so_far else None, progress=opts.progress,
-                    selection={k: v.get("selection") for k, v in baselines.items()}) as monitor:
+                    selection={k: v.get("selection") for k, v in baselines.items()}, labels=run_labels(ctx)) as monitor:
         best = search_loop(ctx, search, evaluator, history, monitor)
     if best is None:
         errors = [c["error"] for h in history for c in h["candidates"] if c.get("error")]
@@ -313,6 +313,8 @@ def evolve(config: ParentsConfig | dict[str, Any] | str | os.PathLike, out_dir: 
             fit[role] = build_fitness(getattr(cfg, role), keep_documents=True)
     workers, address = _placement(cfg, opts)
     check_start(ctx)
+    preflight(fit, str(ctx.checkpoints[ctx.breeder.a].path), ctx.fitness_dtype)  # one lm-eval item on parent A
+    route_logs(fit, ctx.out / "lm_eval.log")  # written once the run folder exists
     evaluator = make_evaluator(ctx, fit, workers, address)  # Ray workers that cannot start fail before the folder
     try:
         prepare_run_folder(ctx.out, cfg, resume=opts.resume, force=opts.force)

@@ -89,6 +89,16 @@ def _score(ctx: RunContext, evaluator: Evaluator, decoded: list[tuple[dict[str, 
     return out
 
 
+def tied_share(cands: list[dict[str, Any]]) -> float:
+    """Share of the scored candidates whose fitness equals the generation's most common value (to
+    12 significant digits); 0.0 with fewer than 3 scored. A share over 0.5 means the fitness cannot
+    tell most candidates apart (a coarse metric on few items), so CMA-ES has no slope to follow."""
+    vals = [f"{c['fitness']:.12g}" for c in cands if c.get("fitness") is not None]
+    if len(vals) < 3:
+        return 0.0
+    return max(vals.count(v) for v in set(vals)) / len(vals)
+
+
 def run_generation(ctx: RunContext, search: CmaSearch, evaluator: Evaluator, generation: int,
                    events: LoopEvents) -> dict[str, Any]:
     """Ask, decode, score and tell one generation; returns its record (without timing and best)."""
@@ -98,6 +108,10 @@ def run_generation(ctx: RunContext, search: CmaSearch, evaluator: Evaluator, gen
     cands = [{"x": x, "genes": values, "parameters": plan.num_parameters, **rec}
              for x, (values, plan), rec in zip(xs, decoded, records)]
     search.tell(xs, cands)
+    if (share := tied_share(cands)) > 0.5:
+        log.warning("generation %d: %.0f%% of the candidates tie on the fitness: it cannot tell them apart, "
+                    "so CMA-ES has nothing to follow (use more items, or score: margin for multiple-choice "
+                    "lm-eval tasks)", generation, 100 * share)
     if ctx.cfg.selection:
         _select(ctx, evaluator, cands, [plan for _, plan in decoded])
     return {"generation": generation, "candidates": cands, "sigma": search.sigma}

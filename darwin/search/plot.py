@@ -5,6 +5,7 @@ the search is fitting its own data."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,17 @@ def _panel(ax, history: list[dict[str, Any]], key: str, baselines: dict[str, flo
 
 
 def plot_history(history: list[dict[str, Any]], baselines: dict[str, float | None], path: Path,
-                 selection: dict[str, float | None] | None = None) -> Path:
+                 selection: dict[str, float | None] | None = None, labels: dict[str, str] | None = None) -> Path:
     """Draw the curves from ``history.jsonl`` records (``selection``: baseline → selection score,
-    drawn in the second panel when candidates have selection scores); returns ``path``."""
+    drawn in the second panel when candidates have selection scores; ``labels``: role → what its
+    fitness measures, under each panel title); returns ``path``."""
+    labels = labels or {}
+    sub = lambda role: f"\n{textwrap.shorten(labels[role], 90)}" if role in labels else ""
     has_sel = any(c.get("selection") is not None for rec in history for c in rec["candidates"])
     fig = agg_figure(figsize=(12, 4) if has_sel else (6.5, 4))
     axes = fig.subplots(1, 2 if has_sel else 1, squeeze=False)[0]
-    _panel(axes[0], history, "fitness", baselines, "search fitness (what CMA-ES optimises)")
+    _panel(axes[0], history, "fitness", baselines, "search fitness (what CMA-ES optimises)" + sub("search"))
     if has_sel:
-        _panel(axes[1], history, "selection", selection or {}, "selection (top-k of each generation)")
+        _panel(axes[1], history, "selection", selection or {},
+               "selection (top-k of each generation)" + sub("selection"))
     return save_png(fig, path)

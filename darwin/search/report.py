@@ -33,6 +33,7 @@ from darwin.search.context import RunContext
 from darwin.search.evaluator import Evaluator
 from darwin.search.monitor import counting
 from darwin.search.runfolder import write_json_atomic
+from darwin.search.scoring import role_labels
 
 CANDIDATE, CHILD = "best candidate", "child"
 
@@ -130,13 +131,19 @@ def build_report(ctx: RunContext, evaluator: Evaluator, baselines: dict[str, dic
                     docs[r["name"]] = rec["documents"]
     cand = next((r for r in rows if r["name"] == CANDIDATE), None)
     summary = {"genome": ctx.spec.name, "seed": ctx.seed, "start": start, "child": child["source"],
-               "data_notes": list(ctx.notes), "models": rows,
+               "data_notes": list(ctx.notes), "fitness_labels": run_labels(ctx), "models": rows,
                "best_uniform": uni["name"] if uni else None,
                "child_vs_best_uniform": compare(child, uni, docs) if uni else None,
                "candidate_vs_best_uniform": compare(cand, uni, docs) if uni and cand else None}
     write_json_atomic(ctx.out / "summary.json", summary)
     write_json_atomic(ctx.out / "test_scores.json", docs)
     return summary
+
+
+def run_labels(ctx: RunContext) -> dict[str, str]:
+    """What each role's fitness measures (``search``, ``selection``, ``test``), for the table and plot."""
+    labels = role_labels({"fitness": ctx.cfg.fitness, "selection": ctx.cfg.selection or [], "test": ctx.cfg.test or []})
+    return {("search" if k == "fitness" else k): v for k, v in labels.items()}
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -156,4 +163,7 @@ def summary_table(summary: dict[str, Any]) -> str:
             if c["ci95"] else ""
         lines += ["", f"Child − best uniform ({c['uniform']}) on test: {c['delta_test']:+.4g}{ci}; "
                       f"generalization gap (search gain − test gain): {f(c['generalization_gap'])}."]
+    labels = summary.get("fitness_labels") or {}
+    if labels:
+        lines += [""] + [f"- {role}: {text}" for role, text in labels.items()]
     return "\n".join(lines)
