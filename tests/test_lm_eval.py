@@ -16,7 +16,7 @@ from darwin.errors import DarwinError
 
 pytest.importorskip("lm_eval")
 
-from darwin.fitness.lm_eval import LmEvalFitness, choice_margin, metric_value, resolve_data_files  # noqa: E402
+from darwin.fitness.lm_eval import LmEvalFitness, choice_margin, metric_value, resolve_data_files
 
 
 def _items(n: int = 8) -> list[dict]:
@@ -234,4 +234,4 @@ def test_evolve_with_lm_eval_keeps_every_metric_and_labels_the_fitness(demo, tmp
     assert len({c["fitness"] for c in cands}) > 1  # the margin tells candidates apart
     assert (tmp_path / "run" / "lm_eval.log").exists()
     label = json.loads((tmp_path / "run" / "summary.json").read_text())["fitness_labels"]["search"]
-    assert label == "lm_eval tiny_sums (margin on multiple choice, else first metric, limit 4)"
+    assert label == "lm_eval tiny_sums (auto: choice margin if multiple choice, else first metric, limit 4)"

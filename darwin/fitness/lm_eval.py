@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import random
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -358,9 +359,15 @@ class LmEvalFitness:
             for task_obj in self._loaded["tasks"].values():
                 task_obj.set_fewshot_seed(seed=OTHER_SEED)
             o = self.options
-            res = evaluate(lm=lm, task_dict=self._loaded, limit=limit, bootstrap_iters=0, log_samples=True,
-                           system_instruction=o["system_instruction"], apply_chat_template=o["apply_chat_template"],
-                           fewshot_as_multiturn=o["fewshot_as_multiturn"])
+            try:
+                res = evaluate(lm=lm, task_dict=self._loaded, limit=limit, bootstrap_iters=0, log_samples=True,
+                               system_instruction=o["system_instruction"],
+                               apply_chat_template=o["apply_chat_template"],
+                               fewshot_as_multiturn=o["fewshot_as_multiturn"])
+            except AssertionError as e:  # lm-eval's internal checks carry no message: name the check
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                raise DarwinError(f"lm_eval fitness {self.tasks}: lm-eval's check failed at "
+                                  f"{Path(where.filename).name}:{where.lineno}: {where.line}") from e
         if res is None:
             raise DarwinError(f"lm_eval fitness {self.tasks}: lm-eval returned no results")
         return res

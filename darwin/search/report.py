@@ -22,6 +22,7 @@ contributions.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from darwin.search.runfolder import write_json_atomic
 from darwin.search.scoring import role_labels
 
 CANDIDATE, CHILD = "best candidate", "child"
+log = logging.getLogger("darwin.evolve")
 
 
 def kind_of(name: str) -> str:
@@ -123,10 +125,15 @@ def build_report(ctx: RunContext, evaluator: Evaluator, baselines: dict[str, dic
         names = [r["name"] for r in rows if r["name"] in plans]
         with counting("test data", len(names), progress) as done:
             recs = dict(zip(names, evaluator.run([plans[n] for n in names], done, role="test")))
+        for name, rec in recs.items():
+            if rec.get("error"):
+                log.warning("test data: %s could not be scored: %s", name, rec["error"])
         for r in rows:
             rec = recs.get(r.get("source", r["name"]))
             if rec is not None:
                 r["test_fitness"] = rec["fitness"]
+                if rec.get("error"):
+                    r["test_error"] = rec["error"]
                 if rec.get("documents") is not None:
                     docs[r["name"]] = rec["documents"]
     cand = next((r for r in rows if r["name"] == CANDIDATE), None)

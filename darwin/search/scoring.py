@@ -104,7 +104,7 @@ def entry_label(entry: FitnessEntry) -> str:
         e = entry.lm_eval
         assert e is not None
         metric = e.metric if isinstance(e.metric, str) else ", ".join(f"{k}: {v}" for k, v in (e.metric or {}).items())
-        how = {"auto": metric or "margin on multiple choice, else first metric", "margin": "choice margin",
+        how = {"auto": metric or "auto: choice margin if multiple choice, else first metric", "margin": "choice margin",
                "metric": metric or "first metric"}[e.score]
         limit = "" if e.limit is None else f", limit {e.limit:g}"
         shots = "" if e.num_fewshot is None else f", {e.num_fewshot}-shot"
