@@ -179,14 +179,16 @@ def golf(
     max_params: str = typer.Option("100M", "--max-params",
                                    help="Parameter budget (tied embeddings once): 100M, 99_500_000…"),
     min_context: int = typer.Option(1028, "--min-context", help="Minimum context window, checked on the saved child."),
-    text: Optional[list[Path]] = typer.Option(None, "--text", help="Text files or folders for the bits-per-byte fitness "
-                                              "(default: the MRI probe prompts)."),
+    text: Optional[list[Path]] = typer.Option(None, "--text", help="Text file or folder for the bits-per-byte fitness "
+                                              "(default: the MRI probe prompts); repeat the flag for more "
+                                              "(--text a.txt --text b.txt)."),
     population: int = typer.Option(8, "--population"),
     generations: int = typer.Option(6, "--generations"),
     seed: int = typer.Option(0, "--seed"),
     trim_corpus: Optional[list[Path]] = typer.Option(None, "--trim-corpus", help="Width operator (off by default): "
-                                                     "first keep only the tokens these texts use (darwin trim-vocab), "
-                                                     "into OUTPUT-trimmed-<i> (refused if it exists, unless --force)."),
+                                                     "first keep only the tokens these texts use (darwin "
+                                                     "trim-vocab; repeat the flag for more files), into "
+                                                     "OUTPUT-trimmed-<i> (refused if it exists, unless --force)."),
     device: str = typer.Option("auto", help="Search device."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
     force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
@@ -194,6 +196,9 @@ def golf(
     """Cut MODEL to a parameter budget with no training: keep, drop and collapse layers (genome golf)."""
     from darwin.api import golf as run_golf
 
+    if len(models) > 2:
+        _fail(DarwinError(f"golf takes one model or two, got {len(models)}: {' '.join(models)} (--text and "
+                          "--trim-corpus take one path per flag; repeat the flag for more)"))
     _quiet_transformers()
     try:
         res = run_golf(models, output, max_params=max_params, min_context=min_context, text=text,
@@ -210,11 +215,17 @@ def golf(
 def trim_vocab(
     model: str = typer.Argument(..., help="Model folder (or hub id) with a byte-level BPE tokenizer.json."),
     output: Path = typer.Option(..., "-o", "--output", help="Child folder to write."),
-    corpus: list[Path] = typer.Option(..., "--corpus", help="Text files or folders whose tokens are kept."),
+    corpus: list[Path] = typer.Option(..., "--corpus", help="Text file or folder whose tokens are kept; "
+                                      "repeat the flag for more (--corpus a.txt --corpus b.txt)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    stray: Optional[list[str]] = typer.Argument(None, hidden=True),
 ) -> None:
     """Keep only the tokens CORPUS uses: smaller embedding, tokenizer rewritten consistently."""
     from darwin.api import trim_vocab as run_trim
+
+    if stray:
+        _fail(DarwinError(f"unexpected argument(s) {' '.join(stray)}: --corpus takes one path per flag; "
+                          f"repeat it: {' '.join(f'--corpus {p}' for p in stray)}"))
 
     try:
         r = run_trim(model, [str(c) for c in corpus], output, force=force)

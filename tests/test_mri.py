@@ -73,3 +73,17 @@ def test_mri_cli_pair(demo, tmp_path):
     assert "MRI per layer" in res.output
     res = CliRunner().invoke(app, ["mri", str(tmp_path / "missing"), "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "missing" in res.output and not (tmp_path / "x").exists()
+
+
+def test_heatmap_scale_tells_the_middle_layers_apart():
+    """Layer 0 ≈ 1.0 and layers 1-3 at 0.02-0.15 (as on SmolLM2): on the log scale neighbouring
+    layers are ≥ 0.2 apart in colour position; a linear scale would put them within 0.1."""
+    from darwin.diagnosis.report import bi_norm
+
+    m = [1.0, 0.02, 0.05, 0.15]
+    norm = bi_norm(m)
+    pos = [float(norm(v)) for v in m]
+    assert pos[0] == pytest.approx(1.0) and pos[1] == pytest.approx(0.0)
+    assert min(b - a for a, b in zip(pos[1:], pos[2:])) > 0.2
+    assert (0.05 - 0.02) / (1.0 - 0.02) < 0.1  # the linear scale's gap, for contrast
+    assert bi_norm([0.0, 0.0]).vmax == 1.0  # no positive value: a valid scale all the same

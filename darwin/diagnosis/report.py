@@ -59,9 +59,30 @@ def layer_table(scans: dict[str, Scan]) -> Table:
     return t
 
 
-def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
-    """``mri.png``: layers × probe families of Block Influence, one panel per model (+ B − A)."""
+def bi_norm(m: Any) -> Any:
+    """The log colour scale of a Block Influence matrix ``m`` (any shape, float): from its smallest
+    positive value (at least 1e-4 of its largest) to its largest; a ``matplotlib`` ``LogNorm``."""
     import numpy as np
+    from matplotlib.colors import LogNorm
+
+    m = np.asarray(m, dtype=float)
+    pos = m[np.isfinite(m) & (m > 0)]
+    top = float(pos.max()) if pos.size else 1.0
+    floor = max(float(pos.min()) if pos.size else 0.0, top * 1e-4)
+    if floor >= top:  # a single value: a decade below it, so the scale has a width
+        floor = top / 10
+    return LogNorm(vmin=floor, vmax=top)
+
+
+def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
+    """``mri.png``: layers × probe families of Block Influence, one panel per model (+ B − A).
+
+    Colours are on a log scale (the difference panel: symmetric log, linear within 1 % of its
+    largest magnitude), with matching colour bars: layer 0's Block Influence (≈ 1) is often
+    ten to fifty times that of the middle layers, which one linear scale would paint as one colour.
+    """
+    import numpy as np
+    from matplotlib.colors import SymLogNorm
 
     with_probe = {k: s for k, s in scans.items() if s.probe}
     if not with_probe:
@@ -76,8 +97,9 @@ def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
     axes = fig.subplots(1, len(panels) + extra, squeeze=False)
     for ax, (k, s) in zip(axes[0], panels):
         fams, m = mats[k]
-        im = ax.imshow(m.T, aspect="auto", cmap="viridis")
-        ax.set_title(f"{k}: Block Influence\n{Path(s.model).name}", fontsize=9)
+        norm = bi_norm(m)
+        im = ax.imshow(np.clip(m, norm.vmin, None).T, aspect="auto", cmap="viridis", norm=norm)
+        ax.set_title(f"{k}: Block Influence (log scale)\n{Path(s.model).name}", fontsize=9)
         ax.set_xticks(range(len(fams)), fams, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("layer")
         ax.yaxis.get_major_locator().set_params(integer=True)
@@ -87,8 +109,8 @@ def heatmap(scans: dict[str, Scan], path: Path) -> Path | None:
         d = (mb - ma).T
         lim = float(np.abs(d).max()) or 1.0
         ax = axes[0][-1]
-        im = ax.imshow(d, aspect="auto", cmap="coolwarm", vmin=-lim, vmax=lim)
-        ax.set_title(f"{kb} − {ka}", fontsize=9)
+        im = ax.imshow(d, aspect="auto", cmap="coolwarm", norm=SymLogNorm(linthresh=lim / 100, vmin=-lim, vmax=lim))
+        ax.set_title(f"{kb} − {ka} (symmetric log scale)", fontsize=9)
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_xticks(range(len(fams)), fams, rotation=45, ha="right", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
