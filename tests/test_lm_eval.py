@@ -275,3 +275,14 @@ def test_tie_share():
     c = lambda *v: [{"fitness": x} for x in v]
     assert tied_share(c(0.7, 0.7, 0.7, 0.65)) == 0.75 and tied_share(c(0.1, 0.2, 0.3)) == pytest.approx(1 / 3)
     assert tied_share(c(0.7, 0.7)) == 0.0 and tied_share(c(0.7, None, 0.7, 0.7)) == 1.0
+
+
+def test_pickled_copy_scores_the_same(tmp_path, model_a):
+    """Ray actors receive a pickled fitness: the copy reloads its tasks and keeps the log path."""
+    import pickle
+
+    write_task(tmp_path / "tasks")
+    fit = LmEvalFitness(["tiny_sums"], include_path=tmp_path / "tasks", limit=3)
+    fit.log_path = tmp_path / "lm_eval.log"
+    copy = pickle.loads(pickle.dumps(fit))
+    assert copy.log_path == fit.log_path and copy(*model_a) == fit(*model_a)

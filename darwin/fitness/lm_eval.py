@@ -210,10 +210,10 @@ class LmEvalFitness:
         self.limit = None if limit is None else (limit if limit < 1 else int(limit))
         self.metrics = {t: metric.get(t) if isinstance(metric, dict) else metric for t in self.tasks}
         self.include_path = str(include_path) if include_path else None
+        multiturn = bool(apply_chat_template) if fewshot_as_multiturn is None else fewshot_as_multiturn
         self.options: dict[str, Any] = {"num_fewshot": num_fewshot, "apply_chat_template": apply_chat_template,
-                        "fewshot_as_multiturn": bool(apply_chat_template) if fewshot_as_multiturn is None
-                        else fewshot_as_multiturn,
-                        "system_instruction": system_instruction, "gen_kwargs": gen_kwargs}
+                                        "fewshot_as_multiturn": multiturn, "system_instruction": system_instruction,
+                                        "gen_kwargs": gen_kwargs}
         self.last_results: dict[str, Any] | None = None
         self.last_samples: dict[str, list[dict[str, Any]]] | None = None  # lm-eval's logged items, last call
         self.last_metrics: dict[str, float] = {}

@@ -214,7 +214,8 @@ def _generations(ctx: RunContext, evaluator: Evaluator, opts: EvolveOptions, bas
     so_far = best_candidate(history)
     with RunMonitor(ctx.out, {k: v["fitness"] for k, v in baselines.items()}, counts=(popsize, n_gen, len(history)),
                     best=so_far["fitness"] if so_far else None, progress=opts.progress,
-                    selection={k: v.get("selection") for k, v in baselines.items()}, labels=run_labels(ctx)) as monitor:
+                    plot={"selection": {k: v.get("selection") for k, v in baselines.items()},
+                          "labels": run_labels(ctx)}) as monitor:
         best = search_loop(ctx, search, evaluator, history, monitor)
     if best is None:
         errors = [c["error"] for h in history for c in h["candidates"] if c.get("error")]

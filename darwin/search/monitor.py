@@ -28,15 +28,15 @@ class RunMonitor:
         counts: (population, generations of the whole run, generations already in the history).
         best: best fitness so far (None if none).
         progress: show the bar.
-        selection: name → selection score of each baseline (lines of the selection panel), or None.
-        labels: role → what its fitness measures (under the plot's panel titles).
+        plot: further keywords of :func:`darwin.search.plot.plot_history`: ``selection`` (name →
+            selection score of each baseline, lines of the selection panel) and ``labels`` (role →
+            what its fitness measures, under the panel titles).
     """
 
     def __init__(self, out: Path, baselines: dict[str, float | None], *, counts: tuple[int, int, int],
-                 best: float | None, progress: bool, selection: dict[str, float | None] | None = None,
-                 labels: dict[str, str] | None = None):
+                 best: float | None, progress: bool, plot: dict[str, Any] | None = None):
         popsize, n_gen, done = counts
-        self.out, self.baselines, self.selection, self.labels = out, baselines, selection, labels
+        self.out, self.baselines, self.plot = out, baselines, plot or {}
         self.bar = Progress(TextColumn("[bold]gen {task.fields[gen]}/{task.fields[n_gen]}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("best {task.fields[best]}"), TimeRemainingColumn(),
                             TextColumn("[dim]{task.fields[last]}"), disable=not progress, transient=False)
@@ -59,7 +59,7 @@ class RunMonitor:
     def generation(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """Append ``record`` to ``history.jsonl``, redraw ``fitness.png``, show the best so far."""
         append_jsonl(self.out / "history.jsonl", record)
-        plot_history(history, self.baselines, self.out / "fitness.png", self.selection, self.labels)
+        plot_history(history, self.baselines, self.out / "fitness.png", **self.plot)
         self.bar.update(self.job, best=_fmt(record["best_so_far"]))
 
 
