@@ -286,3 +286,10 @@ def test_pickled_copy_scores_the_same(tmp_path, model_a):
     fit.log_path = tmp_path / "lm_eval.log"
     copy = pickle.loads(pickle.dumps(fit))
     assert copy.log_path == fit.log_path and copy(*model_a) == fit(*model_a)
+
+
+def test_merged_child_card_names_the_base_apart(demo, tmp_path):
+    out = darwin.merge(demo["recipe-ties.yaml"], tmp_path / "child", progress=False).out_dir
+    card = (out / "README.md").read_text()
+    parents, base = card.split("## Parents")[1].split("## Base")
+    assert "local folder `base`" in base and "`base`" not in parents and "base_model" not in card.split("---")[1]

@@ -103,11 +103,11 @@ def plan_base(plan: MergePlan) -> str | None:
     named = plan.recipe.get("base_model") or plan.recipe.get("base")
     if not isinstance(named, str):
         return None
-    want = Path(named).expanduser().resolve() if Path(named).expanduser().exists() else None
-    for m in plan.models:
-        if m == named or (want is not None and Path(m).expanduser().exists() and Path(m).expanduser().resolve() == want):
-            return m
-    return None
+
+    def same(ref: str) -> bool:  # the same string, or the same local folder written two ways
+        a, b = Path(ref).expanduser(), Path(named).expanduser()
+        return ref == named or (a.exists() and b.exists() and a.resolve() == b.resolve())
+    return next((m for m in plan.models if same(m)), None)
 
 
 def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike | tuple[MergePlan, dict[str, Checkpoint]],
