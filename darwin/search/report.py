@@ -15,9 +15,9 @@ the selection data). Scores are fitness values, higher is better.
   uniform merge still reports what the search found.
 
 ``summary.json`` has at least ``{"models": [{"name", "kind": "base|parent|uniform|candidate|child",
-"search_fitness", "selection_fitness", "test_fitness"}], "child_vs_best_uniform": {"uniform",
-"delta_test", "ci95": [lo, hi]}}``; ``test_scores.json`` holds each model's per-document test
-contributions.
+"search_fitness", "selection_fitness", "test_fitness"}],
+"child_vs_best_uniform": {"uniform", "delta_test", "ci95": [lo, hi]}}``; ``test_scores.json`` holds
+each model's per-document test contributions.
 """
 
 from __future__ import annotations
