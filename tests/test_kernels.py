@@ -182,12 +182,22 @@ def test_nuslerp_with_base_slerps_task_vectors():
     assert torch.allclose(out, ref, atol=1e-6)
 
 
-def test_nuslerp_row_wise_interpolates_each_row():
+def test_nuslerp_unflattened_interpolates_each_row_and_row_wise_each_column():
+    """mergekit's convention: ``row_wise: false`` slerps the vectors along the last dimension (each
+    row of a 2-D weight), ``row_wise: true`` the vectors along the first dimension (each column)."""
     x = _rand(1, 2, 3, 4, seed=12)
-    out = nuslerp(x, T([[1.0, 1.0]]), flatten=False, row_wise=True)
+    rows = nuslerp(x, T([[1.0, 3.0]]), flatten=False, row_wise=False)
+    cols = nuslerp(x, T([[1.0, 3.0]]), flatten=False, row_wise=True)
     for r in range(3):
-        ref = slerp(x[:, :, r], T([0.5]))
-        assert torch.allclose(out[:, r], ref, atol=1e-6)
+        assert torch.allclose(rows[:, r], slerp(x[:, :, r], T([0.75])), atol=1e-6)
+    for c in range(4):
+        assert torch.allclose(cols[:, :, c], slerp(x[:, :, :, c], T([0.75])), atol=1e-6)
+    assert not torch.allclose(rows, cols, atol=1e-4)
+
+
+def test_nuslerp_zero_weight_sum_takes_the_midpoint():
+    x = _rand(1, 2, 8, seed=14)
+    assert torch.allclose(nuslerp(x, T([[1.0, -1.0]])), slerp(x, T([0.5])), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- DARE rescale conventions

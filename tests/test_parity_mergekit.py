@@ -112,6 +112,33 @@ parameters:
   normalize: true
 dtype: float32
 """,
+    # unflattened NuSLERP: vectors along the last dimension (row_wise false) and along the first
+    # (row_wise true), without and with a base; uneven weights so t != 0.5
+    "nuslerp_rows": """\
+merge_method: nuslerp
+models:
+  - model: {a}
+    parameters: {{weight: 0.3}}
+  - model: {b}
+    parameters: {{weight: 0.7}}
+parameters:
+  nuslerp_flatten: false
+  nuslerp_row_wise: false
+dtype: float32
+""",
+    "nuslerp_columns": """\
+merge_method: nuslerp
+base_model: {base}
+models:
+  - model: {a}
+    parameters: {{weight: 0.8}}
+  - model: {b}
+    parameters: {{weight: 0.4}}
+parameters:
+  nuslerp_flatten: false
+  nuslerp_row_wise: true
+dtype: float32
+""",
     "model_stock": """\
 merge_method: model_stock
 base_model: {base}

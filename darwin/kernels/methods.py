@@ -205,7 +205,8 @@ METHODS: dict[str, MethodSpec] = {
         kernel=lambda x, base, shared, parent, seeds: slerp(torch.stack([base, x[:, 0]], 1), shared["t"])),
     "nuslerp": MethodSpec(
         "nuslerp", (_WEIGHT, Param("nuslerp_flatten", "shared", bool, True, doc="one vector per tensor"),
-                    Param("nuslerp_row_wise", "shared", bool, False, doc="rows instead of columns")),
+                    Param("nuslerp_row_wise", "shared", bool, False,
+                          doc="with nuslerp_flatten false: vectors along the first dimension (columns)")),
         base="optional", min_parents=2, max_parents=2, paper="Shoemake 1985; mergekit nuslerp",
         kernel=lambda x, base, shared, parent, seeds: nuslerp(
             x, parent["weight"], base, bool(shared["nuslerp_flatten"]), bool(shared["nuslerp_row_wise"]))),

@@ -58,15 +58,18 @@ def slerp(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def nuslerp(x: torch.Tensor, weight: torch.Tensor, base: torch.Tensor | None = None,
             flatten: bool = True, row_wise: bool = False) -> torch.Tensor:
-    """NuSLERP: SLERP with ``t = w₂/(w₁+w₂)``, of task vectors when a base is given.
+    """NuSLERP: SLERP with ``t = w₂/(w₁+w₂)`` (0.5 when ``|w₁+w₂| < 1e-6``), of task vectors when a
+    base is given. Conventions are mergekit's ``nuslerp`` (its documented behaviour).
 
     Args:
         x: ``[B, 2, *S]`` float32 parents.
         weight: ``[B, 2]`` float32 per-parent weights.
         base: optional ``[B, *S]``; if given, ``θ = θ₀ + SLERP(θ₁−θ₀, θ₂−θ₀; t)``.
-        flatten: interpolate each tensor as one vector; otherwise per row (``row_wise``) or per
-            column of 2-D tensors.
-        row_wise: with ``flatten=False``, rows (last dimension vectors) instead of columns.
+        flatten: interpolate each tensor as one vector. Otherwise each vector runs along one
+            dimension of the tensor:
+        row_wise: with ``flatten=False``: ``False`` (default) interpolates the vectors along the
+            last dimension (each row of a 2-D weight), ``True`` the vectors along the first
+            dimension (each column of a 2-D weight; mergekit's ``dim=0``).
 
     Returns:
         ``[B, *S]`` float32.
@@ -75,16 +78,16 @@ def nuslerp(x: torch.Tensor, weight: torch.Tensor, base: torch.Tensor | None = N
     if base is not None:
         a, b = a - base, b - base
     s = weight.sum(1)
-    t = weight[:, 1] / torch.where(s.abs() < _EPS, torch.ones_like(s), s)
+    t = torch.where(s.abs() < 1e-6, torch.full_like(s, 0.5), weight[:, 1] / torch.where(s == 0, torch.ones_like(s), s))
     B = x.shape[0]
     if flatten or a.dim() < 3:
         out = slerp_vectors(a.reshape(B, -1), b.reshape(B, -1), t).reshape(a.shape)
     else:
-        if not row_wise:
-            a, b = a.transpose(-1, -2), b.transpose(-1, -2)
-        rows = a.shape[1]
-        out = slerp_vectors(a.reshape(B * rows, -1), b.reshape(B * rows, -1),
-                            t.repeat_interleave(rows)).reshape(a.shape)
-        if not row_wise:
-            out = out.transpose(-1, -2)
+        if row_wise:  # vectors along the tensor's first dimension: move it last
+            a, b = a.transpose(1, -1), b.transpose(1, -1)
+        vecs = a[0].numel() // a.shape[-1]
+        out = slerp_vectors(a.reshape(B * vecs, -1), b.reshape(B * vecs, -1),
+                            t.repeat_interleave(vecs)).reshape(a.shape)
+        if row_wise:
+            out = out.transpose(1, -1)
     return out if base is None else base + out
