@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,7 +30,15 @@ def copy_generation_config(src: Path, dst: Path) -> bool:
 
 
 def write_chat_template(dst: Path, template: str) -> Path:
-    """Write a chat template (Jinja text) as ``chat_template.jinja``, the transformers convention."""
+    """Write a chat template (Jinja text) as ``chat_template.jinja``, the transformers convention, and
+    remove every other copy of a template in ``dst`` (``chat_template.json``, the ``chat_template``
+    key of ``tokenizer_config.json``), so no loader can pick an older one."""
+    (dst / "chat_template.json").unlink(missing_ok=True)
+    cfg_path = dst / "tokenizer_config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        if isinstance(cfg, dict) and cfg.pop("chat_template", None) is not None:
+            cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
     path = dst / "chat_template.jinja"
     path.write_text(template)
     return path

@@ -24,6 +24,7 @@ from darwin.kernels.masks import MASK_RNGS
 from darwin.kernels.methods import MethodSpec, get_method, normalize_rescale
 from darwin.kernels.seeds import tensor_seed
 from darwin.plan import params as P
+from darwin.plan.chat import resolve_chat_template
 from darwin.plan.plan import MergePlan, ReportRow, Source, TaskAction, TensorTask
 from darwin.plan.recipe import InputSlice, OutputSlice, Recipe
 
@@ -342,7 +343,8 @@ class _PlanBuilder:
         config = child_config(ck[ref].config, dtype=out_dtype, tied=self.out_tied, layer_sources=layer_sources)
         plan = MergePlan(tasks=self.tasks, models=self.models, reference=ref, config=config, out_dtype=out_dtype,
                          tied=self.out_tied, tokenizer_source=_tokenizer_source(recipe, ref),
-                         chat_template=recipe.chat_template, report=self.report, checks=checks,
+                         chat_template=resolve_chat_template(recipe.chat_template, {m: c.path for m, c in ck.items()}),
+                         report=self.report, checks=checks,
                          method=self.spec.name, recipe=recipe.model_dump(exclude_none=True))
         problems = [f"{r.tensor}: {r.action} ({r.detail})" for r in self.report
                     if r.action not in ("blend", "transplant")]
