@@ -9,6 +9,7 @@ Errors on bad input print one line naming the file, tensor or key and exit with 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -17,13 +18,29 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from darwin.errors import CompatibilityError, DarwinError
+from darwin.errors import CompatibilityError, DarwinError, DarwinWarning
 from darwin.plan.plan import MergePlan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="darwin: breed language models from existing checkpoints without training.")
 console = Console(stderr=True)
 out = Console()
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print darwin's own warnings as one ``warning:`` line; others as Python would."""
+    if issubclass(category, DarwinWarning):
+        console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+@app.callback()
+def _cli() -> None:
+    warnings.showwarning = _show_warning
 
 
 def _fail(err: Exception) -> NoReturn:

@@ -13,6 +13,11 @@ class DarwinError(Exception):
     """Base class of every error darwin raises on bad input."""
 
 
+class DarwinWarning(UserWarning):
+    """Input darwin accepts that probably does not do what was meant (a key or parameter with no
+    effect, as mergekit would silently ignore it). The CLI prints it as one ``warning:`` line."""
+
+
 class CheckpointError(DarwinError):
     """A checkpoint folder, shard, index or tensor is missing, corrupt or inconsistent."""
 

@@ -25,6 +25,7 @@ from darwin.kernels.methods import MethodSpec, get_method, normalize_rescale
 from darwin.kernels.seeds import tensor_seed
 from darwin.plan import params as P
 from darwin.plan.chat import resolve_chat_template
+from darwin.plan.leniency import check_parameter
 from darwin.plan.plan import MergePlan, ReportRow, Source, TaskAction, TensorTask
 from darwin.plan.recipe import InputSlice, OutputSlice, Recipe
 
@@ -78,13 +79,11 @@ def _slices(recipe: Recipe, maps: dict[str, ArchMap]) -> list[OutputSlice]:
 
 
 def _check_param_names(recipe: Recipe, spec: MethodSpec) -> None:
-    known = {p.name for p in spec.params} | _GLOBAL_ONLY
+    reads = {p.name for p in spec.params} | _GLOBAL_ONLY
 
     def check(scope: dict[str, Any] | None, where: str) -> None:
         for key in scope or {}:
-            if key not in known:
-                raise RecipeError(f"{where}: unknown parameter {key!r} for merge_method "
-                                  f"{spec.name!r} (known: {', '.join(sorted(known))})")
+            check_parameter(key, spec, where, reads)
 
     check(recipe.parameters, "parameters")
     for i, m in enumerate(recipe.models or []):

@@ -3,7 +3,9 @@
 Existing mergekit configs run unchanged: ``models`` or ``slices``, ``merge_method``,
 ``base_model``, ``parameters`` (scalars, gradients, ``filter`` conditionals; global, per model,
 per slice and per slice source), ``dtype``, ``out_dtype``, ``tokenizer_source``, ``chat_template``.
-Every model is ``extra="forbid"``: a misspelt key is an error naming it.
+A misspelt key is an error naming it, with a "did you mean" hint; keys of mergekit's formats that a
+merge does not read (``name:``, a top-level ``normalize:``) warn and are dropped
+(:mod:`darwin.plan.leniency`).
 
 darwin extensions: ``seed`` (integer seeding DARE/DELLA masks, default 0).
 Not supported (clear error): ``modules``, ``tokenizer`` (vocabulary surgery),
@@ -21,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from darwin.errors import RecipeError, describe_validation_error
 from darwin.io.yamlfile import load_yaml_mapping
+from darwin.plan.leniency import lenient_recipe
 
 Scalar = Union[bool, float, int, str]
 
@@ -168,6 +171,8 @@ def load_recipe(recipe: Recipe | dict[str, Any] | str | os.PathLike) -> Recipe:
         data = recipe
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping")
+    data = lenient_recipe(data, source, {"recipe": Recipe.model_fields, "models": InputModel.model_fields,
+                                         "slices": OutputSlice.model_fields, "sources": InputSlice.model_fields})
     try:
         parsed = Recipe.model_validate(data)
     except ValidationError as e:
