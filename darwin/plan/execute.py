@@ -24,6 +24,7 @@ from darwin.errors import DarwinError
 from darwin.kernels.methods import get_method, run_kernel
 from darwin.kernels.reduce import Workspace
 from darwin.plan.plan import MergePlan, TensorTask
+from darwin.plan.vocab_rows import merge_vocab_task
 
 DEFAULT_BATCH_BYTES = 1 << 30  # CUDA: big batches amortise launches over many small tensors
 CPU_BATCH_BYTES = 16 << 20  # CPU: bigger batches only add memory traffic (benchmarks/RESULTS.md)
@@ -149,8 +150,9 @@ def batches(tasks: list[TensorTask], batch_bytes: int = DEFAULT_BATCH_BYTES) -> 
     """
     groups: dict[tuple, list[TensorTask]] = defaultdict(list)
     for i, t in enumerate(tasks):
-        # a streamed task is its own group (it runs tensor by tensor, see run_streamed)
-        groups[("stream", i) if _stream_of(t) is not None else _static_key(t)].append(t)
+        # a streamed or vocabulary task is its own group (it runs tensor by tensor)
+        alone = t.vocab or _stream_of(t) is not None
+        groups[("alone", i) if alone else _static_key(t)].append(t)
     out: list[list[TensorTask]] = []
     for group in groups.values():
         per = (len(group[0].inputs) + 3) * group[0].numel * 4
@@ -233,6 +235,14 @@ def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | to
         return checkpoints[model].get(name)
 
     for batch in batches(plan.tasks, batch_bytes):
+        if batch[0].vocab:
+            if plan.vocab is None:
+                raise DarwinError(f"{batch[0].out_name}: a vocabulary task in a plan without a child vocabulary")
+            merged = merge_vocab_task(batch[0], plan.vocab, load, dev, merge_batch).to(dtype)
+            yield batch[0].out_name, (merged.cpu() if to_cpu else merged)
+            if on_batch:
+                on_batch(1)
+            continue
         if _stream_of(batch[0]) is not None:
             task = batch[0]
             dest = into.get(task.out_name) if into is not None else None

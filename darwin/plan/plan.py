@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from darwin.arch.mapper import Component
+from darwin.arch.tokenizers import ChildVocab
 
 #: report label of a task: merged from several inputs, or one input copied whole
 TaskAction = Literal["blend", "transplant"]
@@ -41,6 +42,8 @@ class TensorTask:
         component: canonical component of the child tensor (``attn``, ``ffn``…).
         layer: child layer index, or None.
         action: ``blend`` or ``transplant`` (report label).
+        vocab: a vocabulary tensor of a plan whose parents' tokenizers differ: its rows are
+            mapped by token (:mod:`darwin.plan.vocab_rows`), and ``shape[0]`` is the child's rows.
     """
 
     out_name: str
@@ -54,6 +57,7 @@ class TensorTask:
     component: Component = "other"
     layer: int | None = None
     action: TaskAction = "blend"
+    vocab: bool = False
 
     @property
     def numel(self) -> int:
@@ -111,6 +115,8 @@ class MergePlan:
         checks: config-level pre-flight checks ``(name, ok, detail)``.
         method: merge method (for the model card).
         recipe: the recipe or genome that produced the plan (for the card), as plain data.
+        vocab: the child vocabulary when the parents' tokenizers differ (the child's tokenizer and
+            every parent's row map), else None (the tokenizer source's files are copied).
     """
 
     tasks: list[TensorTask]
@@ -125,6 +131,7 @@ class MergePlan:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     method: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
+    vocab: ChildVocab | None = None
 
     @property
     def labels(self) -> dict[str, str]:

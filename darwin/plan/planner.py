@@ -18,6 +18,7 @@ import torch
 from darwin.arch.config import child_config
 from darwin.arch.mapper import ArchMap, TensorRole
 from darwin.arch.preflight import config_checks, tensor_verdict
+from darwin.arch.tokenizers import ChildVocab
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.io.checkpoint import Checkpoint
 from darwin.kernels.masks import MASK_RNGS
@@ -28,6 +29,7 @@ from darwin.plan.chat import resolve_chat_template
 from darwin.plan.leniency import check_parameter
 from darwin.plan.plan import MergePlan, ReportRow, Source, TaskAction, TensorTask
 from darwin.plan.recipe import InputSlice, OutputSlice, Recipe
+from darwin.plan.vocab_plan import describe, embedding_rows, plan_vocabulary
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -152,14 +154,14 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
     _check_param_names(recipe, spec)
     for ck in checkpoints.values():
         ck.require_config()
-    ts = recipe.tokenizer_source
-    if ts not in (None, "base") and ts not in checkpoints and not Path(ts).is_dir():
-        raise RecipeError(f"tokenizer_source {ts!r}: not a parent of this recipe and no such folder")
+    ts = recipe.vocabulary_source
+    if ts not in (None, "base", "union") and ts not in checkpoints and not Path(ts).is_dir():
+        raise RecipeError(f"tokenizer source {ts!r}: not a parent of this recipe and no such folder")
     maps = {ref: ArchMap.build(ck.config, ck.tensor_names) for ref, ck in checkpoints.items()}
     slices = _slices(recipe, maps)
     if spec.base == "required" and not (recipe.base_model or all(s.base_model for s in slices)):
         raise RecipeError(f"merge_method {spec.name!r} needs a base_model")
-    builder = _PlanBuilder(recipe, spec, checkpoints, maps, slices)
+    builder = _PlanBuilder(recipe, spec, checkpoints, maps, slices, plan_vocabulary(recipe, checkpoints))
     builder.non_layer(slices[0], "pre")
     for j, lay in enumerate(builder.layers):
         builder.layer(j, lay)
@@ -195,8 +197,10 @@ class _PlanBuilder:
     """The state of one :func:`build_plan` call: tasks and report rows are added tensor by tensor."""
 
     def __init__(self, recipe: Recipe, spec: MethodSpec, checkpoints: dict[str, Checkpoint],
-                 maps: dict[str, ArchMap], slices: list[OutputSlice]):
+                 maps: dict[str, ArchMap], slices: list[OutputSlice], vocab: ChildVocab | None):
         self.recipe, self.spec, self.checkpoints, self.maps, self.slices = recipe, spec, checkpoints, maps, slices
+        self.vocab = vocab
+        self.rows = {m: embedding_rows(ck) for m, ck in checkpoints.items()} if vocab is not None else {}
         self.model_params = {m.model: m.parameters for m in recipe.models or []}
         self.base_global = recipe.base_model
         self.models = recipe.referenced_models()
@@ -220,6 +224,10 @@ class _PlanBuilder:
             t: float, out_layer: int | None) -> None:
         """entries: (model, stored name or None) for each slice source, base included."""
         shapes = {m: (tuple(self.checkpoints[m].meta[n].shape) if n else None) for m, n in entries}
+        vocab = self._is_vocab(role, shapes)
+        if vocab:
+            assert self.vocab is not None  # _is_vocab is False without a child vocabulary
+            shapes = {m: (self.vocab.rows, *s[1:]) if s else None for m, s in shapes.items()}
         action, detail = tensor_verdict(shapes, self.labels)
         if action not in ("blend", "transplant"):
             self.report.append(ReportRow(out_name, action, detail))
@@ -238,8 +246,14 @@ class _PlanBuilder:
                                    else "blend")
         self.tasks.append(TensorTask(out_name=out_name, shape=shape, method=spec.name, inputs=inputs, base=base_src,
                                      shared=shared, parent=parent, seeds=seeds, component=role.component,
-                                     layer=out_layer, action=task_action))
-        self.report.append(ReportRow(out_name, task_action, detail))
+                                     layer=out_layer, action=task_action, vocab=vocab))
+        self.report.append(ReportRow(out_name, task_action, detail + (" rows mapped by token" if vocab else "")))
+
+    def _is_vocab(self, role: TensorRole, shapes: dict[str, tuple[int, ...] | None]) -> bool:
+        """A vocabulary tensor of a surgery plan: an embedding or head whose first dimension is each
+        parent's embedding rows."""
+        return self.vocab is not None and role.component in ("embed", "head") and all(
+            s is None or (len(s) >= 1 and s[0] == self.rows[m]) for m, s in shapes.items())
 
     def _split_base(self, sl: OutputSlice, entries: list[tuple[str, str]]) -> tuple[list[Source], Source | None]:
         """(non-base inputs, base input) of a tensor whose entries all have it."""
@@ -334,17 +348,23 @@ class _PlanBuilder:
         recipe, ck, ref = self.recipe, self.checkpoints, self.reference
         checks = config_checks({m: ck[m].config for m in self.participants},
                                {m: ck[m].path for m in self.participants}, self.labels,
-                               same_depth=recipe.slices is None, check_tokenizer=recipe.tokenizer_source is None)
+                               same_depth=recipe.slices is None, check_tokenizer=recipe.vocabulary_source is None)
+        if self.vocab is not None:  # the rows are mapped by token, so the parents' sizes may differ
+            checks = [c for c in checks if c[0] != "vocab_size"]
+            checks.append(("tokenizer", True, describe(self.vocab, self.labels, str(recipe.vocabulary_source))))
         out_dtype = (parse_dtype(recipe.out_dtype, "out_dtype") or parse_dtype(recipe.dtype)
                      or parse_dtype(ck[ref].config.get("torch_dtype") or ck[ref].config.get("dtype")) or torch.float32)
         layer_sources = [next((i for m, i in lay.sources if m == ref), lay.sources[0][1]) for lay in self.layers] \
             if recipe.slices is not None else None
         config = child_config(ck[ref].config, dtype=out_dtype, tied=self.out_tied, layer_sources=layer_sources)
+        if self.vocab is not None:
+            text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+            text["vocab_size"] = self.vocab.rows
         plan = MergePlan(tasks=self.tasks, models=self.models, reference=ref, config=config, out_dtype=out_dtype,
                          tied=self.out_tied, tokenizer_source=_tokenizer_source(recipe, ref),
                          chat_template=resolve_chat_template(recipe.chat_template, {m: c.path for m, c in ck.items()}),
                          report=self.report, checks=checks,
-                         method=self.spec.name, recipe=recipe.model_dump(exclude_none=True))
+                         method=self.spec.name, recipe=recipe.model_dump(exclude_none=True), vocab=self.vocab)
         problems = [f"{r.tensor}: {r.action} ({r.detail})" for r in self.report
                     if r.action not in ("blend", "transplant")]
         problems += [f"{name} differs: {detail}" for name, ok, detail in checks if not ok]
@@ -357,7 +377,7 @@ class _PlanBuilder:
 
 
 def _tokenizer_source(recipe: Recipe, reference: str) -> str:
-    ts = recipe.tokenizer_source
-    if ts is None or ts == "base":
+    ts = recipe.vocabulary_source
+    if ts is None or ts in ("base", "union"):
         return recipe.base_model or reference
     return ts

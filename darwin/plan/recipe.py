@@ -8,15 +8,16 @@ merge does not read (``name:``, a top-level ``normalize:``) warn and are dropped
 (:mod:`darwin.plan.leniency`).
 
 darwin extensions: ``seed`` (integer seeding DARE/DELLA masks, default 0).
-Not supported (clear error): ``modules``, ``tokenizer`` (vocabulary surgery),
-``tokenizer_source: union``, ``residual_weight``, LoRA references (``model+lora``).
+Vocabulary surgery as mergekit documents it: ``tokenizer_source: union | base | <model>`` and the
+``tokenizer:`` block (``source``, ``tokens:`` with ``source`` and ``force``, ``pad_to_multiple_of``).
+Not supported (clear error): ``modules``, ``residual_weight``, LoRA references (``model+lora``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -98,6 +99,48 @@ class OutputSlice(_Strict):
         return self
 
 
+class ModelTokenEmbedding(_Strict):
+    """A ``tokens:`` source: the row of ``token`` (or ``token_id``) in ``model``."""
+
+    kind: Literal["model_token"]
+    model: str
+    token: Optional[str] = None
+    token_id: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.token is None) == (self.token_id is None):
+            raise ValueError("a model_token source needs exactly one of 'token' or 'token_id'")
+        return self
+
+
+class ZeroEmbedding(_Strict):
+    """A ``tokens:`` source: a zero vector."""
+
+    kind: Literal["zero"]
+
+
+class TokenEmbedding(_Strict):
+    """One ``tokens:`` entry: where the token's rows come from, and whether every parent uses it."""
+
+    source: Union[ModelTokenEmbedding, ZeroEmbedding, str, None] = None
+    force: bool = False
+
+
+class TokenizerSpec(_Strict):
+    """The ``tokenizer:`` block (mergekit's ``TokenizerConfig``)."""
+
+    source: str = "union"
+    tokens: Optional[dict[str, TokenEmbedding]] = None
+    pad_to_multiple_of: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _pad(self):
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
+        return self
+
+
 class Recipe(_Strict):
     """A merge recipe (mergekit-compatible YAML)."""
 
@@ -110,7 +153,7 @@ class Recipe(_Strict):
     dtype: Optional[str] = None
     out_dtype: Optional[str] = None
     tokenizer_source: Optional[str] = None
-    tokenizer: Optional[dict[str, Any]] = None
+    tokenizer: Optional[TokenizerSpec] = None
     chat_template: Optional[str] = None
     seed: int = 0
 
@@ -118,10 +161,6 @@ class Recipe(_Strict):
     def _check(self):
         if self.modules is not None:
             raise ValueError("'modules' (multi-module merges) is not supported; use 'models' or 'slices'")
-        if self.tokenizer is not None:
-            raise ValueError("'tokenizer' (vocabulary surgery) is not supported; use tokenizer_source")
-        if self.tokenizer_source == "union":
-            raise ValueError("tokenizer_source: union is not supported; name a parent or 'base'")
         if (self.models is None) == (self.slices is None):
             raise ValueError("give exactly one of 'models' or 'slices'")
         if self.models is not None and not self.models:
@@ -131,6 +170,12 @@ class Recipe(_Strict):
         if self.base_model is not None:
             _check_ref(self.base_model)
         return self
+
+    @property
+    def vocabulary_source(self) -> str | None:
+        """The child's tokenizer: the ``tokenizer:`` block's source, else ``tokenizer_source``
+        (``union``, ``base`` or a model), else None (the parents must share a tokenizer)."""
+        return self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
 
     def referenced_models(self) -> list[str]:
         """Every model the recipe names, base first, without duplicates, in order of mention."""
@@ -191,8 +236,18 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
 
     data = recipe.model_dump()
     data["base_model"] = fix(data["base_model"])
-    if data.get("tokenizer_source") not in (None, "base"):
+    if data.get("tokenizer_source") not in (None, "base", "union"):
         data["tokenizer_source"] = fix(data["tokenizer_source"])
+    tk = data.get("tokenizer")
+    if tk is not None:
+        if tk["source"] not in ("base", "union"):
+            tk["source"] = fix(tk["source"])
+        for entry in (tk.get("tokens") or {}).values():
+            src = entry.get("source")
+            if isinstance(src, str):
+                entry["source"] = fix(src)
+            elif isinstance(src, dict) and "model" in src:
+                src["model"] = fix(src["model"])
     for m in data.get("models") or []:
         m["model"] = fix(m["model"])
     for s in data.get("slices") or []:

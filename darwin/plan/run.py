@@ -83,8 +83,13 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
     assert plan.tokenizer_source is not None  # every plan builder names its tokenizer source
     tok = checkpoints[plan.tokenizer_source].path if plan.tokenizer_source in checkpoints \
         else Checkpoint(plan.tokenizer_source).path
-    copy_tokenizer_files(tok, folder)
-    copy_generation_config(ref, folder)
+    if plan.vocab is not None:  # the child's own tokenizer (vocabulary surgery)
+        plan.vocab.tokenizer.save_pretrained(str(folder))
+        tok = plan.vocab.source
+    else:
+        copy_tokenizer_files(tok, folder)
+    if not copy_generation_config(tok, folder):  # a tokenizer-only folder: the reference parent's
+        copy_generation_config(ref, folder)
     if plan.chat_template:
         write_chat_template(folder, plan.chat_template)
     write_card(plan, folder, card_sections)

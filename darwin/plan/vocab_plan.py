@@ -1,0 +1,90 @@
+"""Decide a recipe's child vocabulary: none (the parents share a tokenizer) or a surgery plan.
+
+With ``tokenizer_source`` or a ``tokenizer:`` block, mergekit maps every parent's vocabulary rows
+to the child's tokenizer by token string. When every parent already has the same token → id map
+and the same rows, that map is the identity, so darwin skips it: the tokenizer source's files are
+copied and every embedding row is kept, padding rows included. Otherwise
+:func:`darwin.arch.tokenizers.build_child_vocab` builds the child's tokenizer and row maps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from darwin.arch.tokenizers import ChildVocab, TokenRule, build_child_vocab, vocabularies_agree
+from darwin.errors import CompatibilityError, DarwinWarning
+from darwin.io.checkpoint import Checkpoint
+from darwin.plan.recipe import ModelTokenEmbedding, Recipe, TokenEmbedding, ZeroEmbedding
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds tokenizer files."""
+    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def embedding_rows(ck: Checkpoint) -> int:
+    """A parent's embedding rows: its config's ``vocab_size`` (``text_config`` for multimodal configs).
+
+    Raises:
+        CompatibilityError: the config has no integer ``vocab_size``.
+    """
+    text = ck.config.get("text_config")
+    rows = (text if isinstance(text, dict) else ck.config).get("vocab_size")
+    if not isinstance(rows, int) or rows < 1:
+        raise CompatibilityError(f"{ck.path}/config.json: no vocab_size, which vocabulary surgery needs")
+    return rows
+
+
+def _rule(token: str, entry: TokenEmbedding) -> TokenRule:
+    src = entry.source
+    if isinstance(src, ZeroEmbedding):
+        return TokenRule(zero=True, force=entry.force)
+    if isinstance(src, ModelTokenEmbedding):
+        return TokenRule(model=src.model, token=src.token, token_id=src.token_id, force=entry.force)
+    return TokenRule(model=src, force=entry.force)
+
+
+def plan_vocabulary(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> ChildVocab | None:
+    """The child vocabulary a recipe asks for, or None when there is nothing to map.
+
+    Parents without tokenizer files are taken to share the base model's (as mergekit does), with a
+    warning.
+
+    Raises:
+        CompatibilityError: a tokenizer cannot be loaded, a config lacks ``vocab_size``, or a
+            ``tokens:`` rule names a missing model or token.
+    """
+    source = recipe.vocabulary_source
+    if source is None:
+        return None
+    models = recipe.referenced_models()
+    first = recipe.base_model or models[0]
+    folders = {m: checkpoints[m].path for m in models}
+    if not has_tokenizer(folders[first]):
+        return None  # nothing to build from: the tokenizer source's files (if any) are copied
+    for m in models:
+        if not has_tokenizer(folders[m]):
+            warnings.warn(f"{m}: no tokenizer files; taken to share the tokenizer of {first}", DarwinWarning,
+                          stacklevel=2)
+            folders[m] = folders[first]
+    rows = {m: embedding_rows(checkpoints[m]) for m in models}
+    spec = recipe.tokenizer
+    tokens = {t: _rule(t, e) for t, e in (spec.tokens or {}).items()} if spec is not None else {}
+    pad = spec.pad_to_multiple_of if spec is not None else None
+    external = source not in ("base", "union") and source not in checkpoints
+    compare = dict(folders, **({"<tokenizer_source>": Path(source)} if external else {}))
+    compare_rows = dict(rows, **({"<tokenizer_source>": rows[first]} if external else {}))
+    if not tokens and pad is None and vocabularies_agree(compare, compare_rows):
+        return None
+    return build_child_vocab(models, folders, rows, base=recipe.base_model, source=source, tokens=tokens,
+                             pad_to_multiple_of=pad)
+
+
+def describe(vocab: ChildVocab, labels: dict[str, str], source: str) -> str:
+    """One line for the pre-flight report: the child vocabulary and what each parent lacks."""
+    lacks = ", ".join(f"{labels[m]} lacks {int((~vocab.present(m) & vocab.real).sum())}" for m in vocab.models)
+    return (f"mapped by token ({source}): {int(vocab.real.sum())} tokens, {vocab.rows} rows; {lacks}"
+            + (f"; tokens: {'; '.join(vocab.notes)}" if vocab.notes else ""))
