@@ -156,7 +156,8 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
         ck.require_config()
     ts = recipe.vocabulary_source
     if ts not in (None, "base", "union") and ts not in checkpoints and not Path(ts).is_dir():
-        raise RecipeError(f"tokenizer source {ts!r}: not a parent of this recipe and no such folder")
+        key = "tokenizer.source" if recipe.tokenizer is not None else "tokenizer_source"
+        raise RecipeError(f"{key} {ts!r}: not a parent of this recipe and no such folder")
     maps = {ref: ArchMap.build(ck.config, ck.tensor_names) for ref, ck in checkpoints.items()}
     slices = _slices(recipe, maps)
     if spec.base == "required" and not (recipe.base_model or all(s.base_model for s in slices)):
