@@ -94,6 +94,36 @@ def classify(name: str) -> TensorRole:
     return TensorRole(name, comp, None, None, name)
 
 
+#: config keys holding the number of routed experts of a mixture-of-experts layer
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def merge_units(name: str, shape: tuple[int, ...], config: dict[str, Any]) -> int:
+    """How many independent tensors a stored tensor holds, for the merge's per-tensor statistics.
+
+    A fused mixture-of-experts tensor (transformers ≥ 5 layout, e.g. ``mlp.experts.down_proj``
+    ``[E, H, I]`` and ``mlp.experts.gate_up_proj`` ``[E, 2I, H]``) holds E experts; a fused
+    ``gate_up_proj`` whose second dimension is twice the expert FFN width holds the gate and the up
+    projection of each, so ``2E``. Every other tensor holds 1. Merging each unit as its own tensor
+    (TIES/DARE/DELLA densities, SLERP angles, model_stock cosines) makes the child independent of
+    the storage layout: a fused and a per-expert checkpoint of the same weights merge alike.
+
+    Args:
+        name: stored tensor name.
+        shape: its shape.
+        config: the model's config dict (``text_config`` is looked into when present).
+    """
+    text = config.get("text_config")
+    cfg: dict[str, Any] = text if isinstance(text, dict) else config
+    experts = next((cfg[k] for k in EXPERT_COUNT_KEYS if isinstance(cfg.get(k), int)), None)
+    if experts is None or experts < 2 or ".experts." not in f".{name}" or len(shape) < 3 or shape[0] != experts:
+        return 1
+    width = cfg.get("moe_intermediate_size") or cfg.get("intermediate_size")
+    if name.endswith("gate_up_proj") and isinstance(width, int) and shape[1] == 2 * width:
+        return 2 * experts
+    return experts
+
+
 def num_layers(config: dict[str, Any]) -> int | None:
     """Decoder layer count from a config dict (``num_hidden_layers``, ``n_layer``, …), or None."""
     cfg = config.get("text_config", config) if "text_config" in config else config

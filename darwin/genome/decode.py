@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from darwin.arch.config import child_config
-from darwin.arch.mapper import ArchMap, TensorRole
+from darwin.arch.mapper import ArchMap, TensorRole, merge_units
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.genome.registry import Decoder, RatioRule, get_decoder, register_decoder
@@ -299,7 +299,8 @@ def decode(spec: GenomeSpec, values: Mapping[str, float], layout: PairLayout, *,
                                         "mask_rng": COUNTER},
                                 parent={"density": list(dens)},
                                 seeds=[tensor_seed(seed, s.name, 0), tensor_seed(seed, s.name, 1)],
-                                component=s.role.component, layer=s.role.layer))
+                                component=s.role.component, layer=s.role.layer,
+                                units=merge_units(s.name, s.shape, layout.config)))
         report.append(ReportRow(s.name, "blend", f"r={r:.3f}"))
     return MergePlan(tasks=tasks, models=layout.models, reference=layout.a, config=layout.config,
                      out_dtype=layout.out_dtype, tied=layout.tied, tokenizer_source=layout.a, report=report,

@@ -72,6 +72,8 @@ def default_tile(device: torch.device) -> int:
 
 
 def _stream_of(task: TensorTask):
+    if task.units > 1:  # fused experts run through the batched kernels, one unit per batch row
+        return None
     spec = get_method(task.method)
     return spec.stream if spec.stream is not None and spec.stream.applies(task.shared) else None
 
@@ -139,7 +141,7 @@ def run_streamed(task: TensorTask, load: Callable[[str, str], torch.Tensor], out
 
 
 def _static_key(task: TensorTask) -> tuple:
-    return (task.method, task.shape, len(task.inputs), task.base is not None, _static_params(task))
+    return (task.method, task.shape, task.units, len(task.inputs), task.base is not None, _static_params(task))
 
 
 def batches(tasks: list[TensorTask], batch_bytes: int = DEFAULT_BATCH_BYTES) -> list[list[TensorTask]]:
@@ -202,7 +204,24 @@ def merge_batch(batch: list[TensorTask], load: Callable[[str, str], torch.Tensor
               for k in batch[0].parent}
     # seeds are set by method (spec.random), and the method is part of the batch key: all or none have them
     seeds = [cast("list[int]", t.seeds) for t in batch] if batch[0].seeds is not None else None
-    return run_kernel(spec, x, base, shared, parent, seeds)
+    units = batch[0].units
+    if units == 1:
+        return run_kernel(spec, x, base, shared, parent, seeds)
+    return _run_units(spec, units, x, base, shared, parent, seeds)
+
+
+def _run_units(spec, units: int, x: torch.Tensor, base: torch.Tensor | None, shared: dict[str, Any],
+               parent: dict[str, torch.Tensor], seeds: list[list[int]] | None) -> torch.Tensor:
+    """The kernel over ``units`` independent tensors per batch row: ``x [B, N, *S]`` is viewed as
+    ``[B·U, N, numel/U]`` (unit ``u`` is the ``u``-th contiguous block), parameters repeat per unit,
+    and unit ``u`` of a parent seeded ``s`` draws its mask from seed ``s·U + u``."""
+    b, n, shape = x.shape[0], x.shape[1], x.shape[2:]
+    xu = x.reshape(b, n, units, -1).transpose(1, 2).reshape(b * units, n, -1)
+    bu = base.reshape(b * units, -1) if base is not None else None
+    su = {k: v.repeat_interleave(units) if isinstance(v, torch.Tensor) else v for k, v in shared.items()}
+    pu = {k: v.repeat_interleave(units, dim=0) for k, v in parent.items()}
+    seeds_u = [[(s * units + u) % (1 << 63) for s in row] for row in seeds for u in range(units)] if seeds else None
+    return run_kernel(spec, xu, bu, su, pu, seeds_u).reshape(b, *shape)
 
 
 def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | torch.device | None = "auto",

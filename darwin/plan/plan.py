@@ -42,6 +42,8 @@ class TensorTask:
         component: canonical component of the child tensor (``attn``, ``ffn``…).
         layer: child layer index, or None.
         action: ``blend`` or ``transplant`` (report label).
+        units: independent tensors stored in this one (a fused mixture-of-experts tensor holds one
+            per expert, :func:`darwin.arch.mapper.merge_units`); each is merged as its own tensor.
         vocab: a vocabulary tensor of a plan whose parents' tokenizers differ: its rows are
             mapped by token (:mod:`darwin.plan.vocab_rows`), and ``shape[0]`` is the child's rows.
     """
@@ -57,6 +59,7 @@ class TensorTask:
     component: Component = "other"
     layer: int | None = None
     action: TaskAction = "blend"
+    units: int = 1
     vocab: bool = False
 
     @property

@@ -16,7 +16,7 @@ from typing import Any, cast, overload
 import torch
 
 from darwin.arch.config import child_config
-from darwin.arch.mapper import ArchMap, TensorRole
+from darwin.arch.mapper import ArchMap, TensorRole, merge_units
 from darwin.arch.preflight import config_checks, tensor_verdict
 from darwin.arch.tokenizers import ChildVocab
 from darwin.errors import CompatibilityError, RecipeError
@@ -247,7 +247,8 @@ class _PlanBuilder:
                                    else "blend")
         self.tasks.append(TensorTask(out_name=out_name, shape=shape, method=spec.name, inputs=inputs, base=base_src,
                                      shared=shared, parent=parent, seeds=seeds, component=role.component,
-                                     layer=out_layer, action=task_action, vocab=vocab))
+                                     layer=out_layer, action=task_action, vocab=vocab,
+                                     units=merge_units(out_name, shape, self.checkpoints[self.reference].config)))
         self.report.append(ReportRow(out_name, task_action, detail + (" rows mapped by token" if vocab else "")))
 
     def _is_vocab(self, role: TensorRole, shapes: dict[str, tuple[int, ...] | None]) -> bool:
