@@ -90,3 +90,82 @@ def test_bad_chat_template_is_refused_before_any_write(parents, tmp_path, value,
     with pytest.raises(RecipeError, match=match):
         _merge([parents["a"], parents["b"]], value, tmp_path / "child")
     assert not (tmp_path / "child").exists()
+
+
+# ----------------------------------------------------------------------------- parity with mergekit
+_MK_DRIVER = """
+import sys
+from mergekit.scripts.run_yaml import main
+for recipe, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    main([recipe, out, "--quiet", "--no-write-model-card"], standalone_mode=False)
+"""
+CONVERSATION = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]
+PARITY = {"auto": "auto", **{n: n for n in ("chatml", "llama3", "mistral", "alpaca", "exaone")},
+          "literal": "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"}
+
+
+@pytest.fixture(scope="module")
+def mergekit_children(parents, tmp_path_factory):
+    """Each PARITY value through mergekit-yaml and darwin (tokenizer_source: base, where mergekit
+    applies a chat template)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mergekit.scripts.run_yaml", reason="mergekit not installed")
+    root = tmp_path_factory.mktemp("chat-parity")
+    argv, out = [], {}
+    for key, value in PARITY.items():
+        recipe = {"merge_method": "linear", "base_model": str(parents["base"]), "tokenizer_source": "base",
+                  "dtype": "float32", "chat_template": value,
+                  "models": [{"model": str(parents[m]), "parameters": {"weight": 1.0}} for m in ("base", "a", "b")]}
+        (root / f"{key}.yaml").write_text(json.dumps(recipe))
+        out[key] = (root / f"dw-{key}", root / f"mk-{key}")
+        argv += [str(root / f"{key}.yaml"), str(out[key][1])]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen([sys.executable, "-c", _MK_DRIVER, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env)
+    try:
+        for key in out:
+            darwin.merge(str(root / f"{key}.yaml"), out[key][0], progress=False, device="cpu")
+    finally:
+        log = proc.communicate(timeout=600)[0].decode(errors="replace")
+    assert proc.returncode == 0, f"mergekit-yaml failed:\n{log[-4000:]}"
+    return out
+
+
+def _renders(folder: Path) -> list[str]:
+    tok = AutoTokenizer.from_pretrained(folder)
+    return [tok.apply_chat_template(CONVERSATION[:n], tokenize=False, add_generation_prompt=g)
+            for n in (2, 4) for g in (False, True)]
+
+
+@pytest.mark.parametrize("key", ["auto", "chatml", "mistral", "literal"])
+def test_chat_template_renders_as_mergekit_renders_it(mergekit_children, key):
+    dw, mk = mergekit_children[key]
+    assert _renders(dw) == _renders(mk)
+
+
+#: the format each names, by hand; mergekit 0.1.5's files differ from these in whitespace only
+GOLDEN = {
+    "llama3": "<|endoftext|><|start_header_id|>system<|end_header_id|>\n\nbe brief<|eot_id|>"
+              "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant"
+              "<|end_header_id|>\n\n",
+    "alpaca": "be brief\n\n### Instruction:\nhi\n\n### Response:\n",
+    "exaone": "[|system|]be brief[|endofturn|]\n[|user|]hi\n[|assistant|]",
+}
+
+
+@pytest.mark.parametrize("key", list(GOLDEN))
+def test_chat_template_whitespace_differs_from_mergekit_on_purpose(mergekit_children, key):
+    """mergekit's llama3 puts a newline after every <|eot_id|>, its alpaca drops the blank line
+    before the final "### Response:", and its exaone indents every turn; darwin renders the formats."""
+    import re
+
+    dw, mk = mergekit_children[key]
+    ours, theirs = _renders(dw), _renders(mk)
+    assert ours[1] == GOLDEN[key]
+    assert ours != theirs
+    assert [re.sub(r"\s+", "", r) for r in ours] == [re.sub(r"\s+", "", r) for r in theirs]

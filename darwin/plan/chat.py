@@ -30,21 +30,32 @@ NAMED: dict[str, str] = {
         "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] "
         "+ '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"),
+    # Mistral instruct: an optional system message joins the first user turn; roles alternate
     "mistral": (
-        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
-        "{{ message['content'] + '\\n\\n' }}{% elif message['role'] == 'user' %}"
-        "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}"
-        "{% endif %}{% endfor %}"),
+        "{% set ns = namespace(system='') %}{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set ns.system = messages[0]['content'] + '\\n\\n' %}{% set turns = messages[1:] %}"
+        "{% else %}{% set turns = messages %}{% endif %}{{ bos_token }}{% for message in turns %}"
+        "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('mistral template: after an optional system message, roles must alternate "
+        "user/assistant') }}{% endif %}{% if message['role'] == 'user' %}"
+        "{{ ' [INST] ' + (ns.system if loop.first else '') + message['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}"),
+    # Alpaca: system text, then "### Instruction:" / "### Input:" / "### Response:" blocks, blank-line separated
     "alpaca": (
-        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
-        "{% else %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"),
+        "{% for message in messages %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] | trim }}"
+        "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] | trim }}"
+        "{% elif message['role'] == 'user_context' %}{{ '### Input:\\n' + message['content'] | trim }}"
+        "{% else %}{{ '### Response:\\n' + message['content'] | trim }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt and (not messages or messages[-1]['role'] != 'assistant') %}"
+        "{{ ('\\n\\n' if messages else '') + '### Response:\\n' }}{% endif %}"),
     "zephyr": (
         "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token "
         "+ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"),
+    # EXAONE: an empty system turn when the conversation has none
     "exaone": (
-        "{% for message in messages %}{{ '[|' + message['role'] + '|]' + message['content'] }}"
+        "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+        "{{ '[|system|][|endofturn|]\\n' }}{% endif %}{{ '[|' + message['role'] + '|]' + message['content'] }}"
         "{% if message['role'] == 'user' %}{{ '\\n' }}{% else %}{{ '[|endofturn|]\\n' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '[|assistant|]' }}{% endif %}"),
 }
