@@ -1,7 +1,7 @@
 """Mixture-of-experts tensors: every expert is merged as its own tensor, whatever the storage layout.
 
 transformers 5 saves a Mixtral per expert (``block_sparse_moe.experts.3.w1.weight``) but loads and
-re-saves it fused (``mlp.experts.gate_up_proj`` ``[E, 2I, H]``, ``mlp.experts.down_proj`` ``[E, H, I]``),
+re-saves it fused (``mlp.experts.gate_up_proj`` ``[E, 2I, H]``, ``mlp.experts.down_proj`` ``[E, H, FF]``),
 which is what mergekit 0.1.5 under transformers 5 merges: its TIES trim then ranks all experts'
 magnitudes together, so one expert that moved far takes the density budget of the others. darwin
 trims each expert (and the gate and up halves of ``gate_up_proj``) separately, so a fused and a
@@ -20,17 +20,17 @@ from safetensors.torch import load_file, save_file
 import darwin
 from darwin.arch.mapper import merge_units
 
-E, H, I = 4, 32, 48
-CFG = {"model_type": "mixtral", "num_local_experts": E, "intermediate_size": I, "hidden_size": H}
+E, H, FF = 4, 32, 48
+CFG = {"model_type": "mixtral", "num_local_experts": E, "intermediate_size": FF, "hidden_size": H}
 
 
 def test_merge_units_counts_experts_and_gate_up_halves():
-    assert merge_units("model.layers.0.mlp.experts.down_proj", (E, H, I), CFG) == E
-    assert merge_units("model.layers.0.mlp.experts.gate_up_proj", (E, 2 * I, H), CFG) == 2 * E
-    assert merge_units("model.layers.0.block_sparse_moe.experts.1.w1.weight", (I, H), CFG) == 1
+    assert merge_units("model.layers.0.mlp.experts.down_proj", (E, H, FF), CFG) == E
+    assert merge_units("model.layers.0.mlp.experts.gate_up_proj", (E, 2 * FF, H), CFG) == 2 * E
+    assert merge_units("model.layers.0.block_sparse_moe.experts.1.w1.weight", (FF, H), CFG) == 1
     assert merge_units("model.layers.0.mlp.gate.weight", (E, H), CFG) == 1
-    assert merge_units("model.layers.0.mlp.down_proj.weight", (E, H, I), {"model_type": "llama"}) == 1
-    assert merge_units("model.layers.0.mlp.experts.down_proj", (E, H, I), {"text_config": CFG}) == E
+    assert merge_units("model.layers.0.mlp.down_proj.weight", (E, H, FF), {"model_type": "llama"}) == 1
+    assert merge_units("model.layers.0.mlp.experts.down_proj", (E, H, FF), {"text_config": CFG}) == E
 
 
 def _fused(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
@@ -51,7 +51,7 @@ def moe(tmp_path_factory):
     from transformers import MixtralConfig, MixtralForCausalLM
 
     root = tmp_path_factory.mktemp("moe")
-    cfg = MixtralConfig(vocab_size=128, hidden_size=H, intermediate_size=I, num_hidden_layers=2, num_attention_heads=4,
+    cfg = MixtralConfig(vocab_size=128, hidden_size=H, intermediate_size=FF, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, num_local_experts=E, num_experts_per_tok=2, max_position_embeddings=64)
     torch.manual_seed(0)
     MixtralForCausalLM(cfg).save_pretrained(root / "base")
@@ -103,6 +103,6 @@ def test_each_expert_keeps_its_own_density(moe, tmp_path):
         kept = (child[k] != base[k]).flatten(1).float().mean(1)
         torch.testing.assert_close(kept, torch.full((E,), 0.3), atol=0.01, rtol=0)
     gate_up = (child["model.layers.0.mlp.experts.gate_up_proj"] != base["model.layers.0.mlp.experts.gate_up_proj"])
-    halves = gate_up.reshape(E, 2, I, H).flatten(2).float().mean(2)
+    halves = gate_up.reshape(E, 2, FF, H).flatten(2).float().mean(2)
     torch.testing.assert_close(halves, torch.full((E, 2), 0.3), atol=0.01, rtol=0)
     assert json.loads((tmp_path / "one" / "config.json").read_text())["num_local_experts"] == E
