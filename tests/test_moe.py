@@ -1,7 +1,7 @@
 """Mixture-of-experts tensors: every expert is merged as its own tensor, whatever the storage layout.
 
 transformers 5 saves a Mixtral per expert (``block_sparse_moe.experts.3.w1.weight``) but loads and
-re-saves it fused (``mlp.experts.gate_up_proj`` ``[E, 2I, H]``, ``mlp.experts.down_proj`` ``[E, H, FF]``),
+re-saves it fused (``mlp.experts.gate_up_proj`` ``[E, 2I, H]``, ``mlp.experts.down_proj`` ``[E, H, I]``),
 which is what mergekit 0.1.5 under transformers 5 merges: its TIES trim then ranks all experts'
 magnitudes together, so one expert that moved far takes the density budget of the others. darwin
 trims each expert (and the gate and up halves of ``gate_up_proj``) separately, so a fused and a
