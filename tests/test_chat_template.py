@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from mergekit_reference import merge_both
 from transformers import AutoTokenizer
 
 import darwin
@@ -93,12 +94,6 @@ def test_bad_chat_template_is_refused_before_any_write(parents, tmp_path, value,
 
 
 # ----------------------------------------------------------------------------- parity with mergekit
-_MK_DRIVER = """
-import sys
-from mergekit.scripts.run_yaml import main
-for recipe, out in zip(sys.argv[1::2], sys.argv[2::2]):
-    main([recipe, out, "--quiet", "--no-write-model-card"], standalone_mode=False)
-"""
 CONVERSATION = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]
 PARITY = {"auto": "auto", **{n: n for n in ("chatml", "llama3", "mistral", "alpaca", "exaone")},
@@ -110,30 +105,13 @@ def mergekit_children(parents, tmp_path_factory):
     """Each PARITY value through mergekit-yaml and darwin (tokenizer_source: base, where mergekit
     applies a chat template)."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    pytest.importorskip("mergekit.scripts.run_yaml", reason="mergekit not installed")
-    root = tmp_path_factory.mktemp("chat-parity")
-    argv, out = [], {}
-    for key, value in PARITY.items():
-        recipe = {"merge_method": "linear", "base_model": str(parents["base"]), "tokenizer_source": "base",
-                  "dtype": "float32", "chat_template": value,
-                  "models": [{"model": str(parents[m]), "parameters": {"weight": 1.0}} for m in ("base", "a", "b")]}
-        (root / f"{key}.yaml").write_text(json.dumps(recipe))
-        out[key] = (root / f"dw-{key}", root / f"mk-{key}")
-        argv += [str(root / f"{key}.yaml"), str(out[key][1])]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, "-c", _MK_DRIVER, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
-    try:
-        for key in out:
-            darwin.merge(str(root / f"{key}.yaml"), out[key][0], progress=False, device="cpu")
-    finally:
-        log = proc.communicate(timeout=600)[0].decode(errors="replace")
-    assert proc.returncode == 0, f"mergekit-yaml failed:\n{log[-4000:]}"
-    return out
+    recipes = {key: json.dumps({"merge_method": "linear", "base_model": str(parents["base"]),
+                                "tokenizer_source": "base", "dtype": "float32", "chat_template": value,
+                                "models": [{"model": str(parents[m]), "parameters": {"weight": 1.0}}
+                                           for m in ("base", "a", "b")]})
+               for key, value in PARITY.items()}
+    return merge_both(recipes, tmp_path_factory.mktemp("chat-parity"))
 
 
 def _renders(folder: Path) -> list[str]:

@@ -18,9 +18,6 @@ Not compared by design (documented conventions differ):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ import torch
 
 pytest.importorskip("mergekit.scripts.run_yaml", reason="mergekit not installed")
 
+from mergekit_reference import merge_both
 from safetensors.torch import load_file
 
 ATOL = 1e-5
@@ -193,38 +191,12 @@ def tensor_diffs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict
 
 
 # ``mergekit-yaml RECIPE OUT --flags`` for each (RECIPE, OUT) pair on the command line, in one process
-_MERGEKIT_DRIVER = """
-import sys
-from mergekit.scripts.run_yaml import main
-for recipe, out in zip(sys.argv[1::2], sys.argv[2::2]):
-    print("=== mergekit-yaml", recipe, flush=True)
-    main([recipe, out, "--quiet", "--no-copy-tokenizer", "--no-write-model-card"], standalone_mode=False)
-"""
-
-
 @pytest.fixture(scope="module")
 def merged(demo, tmp_path_factory):
-    """method → (darwin child, mergekit child); mergekit runs in a subprocess while darwin merges."""
-    import darwin
-
-    root = tmp_path_factory.mktemp("parity")
+    """method → (darwin child, mergekit child)."""
     fmt = dict(base=demo["base"], a=demo["parent_a"], b=demo["parent_b"])
-    out, argv = {}, []
-    for method, text in RECIPES.items():
-        recipe = root / f"{method}.yaml"
-        recipe.write_text(text.format(**fmt))
-        out[method] = (recipe, root / f"darwin-{method}", root / f"mergekit-{method}")
-        argv += [str(recipe), str(out[method][2])]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, "-c", _MERGEKIT_DRIVER, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
-    try:
-        for recipe, dw_dir, _ in out.values():
-            darwin.merge(str(recipe), dw_dir, progress=False, device="cpu")
-    finally:
-        log = proc.communicate(timeout=600)[0].decode(errors="replace")
-    assert proc.returncode == 0, f"mergekit-yaml failed:\n{log[-4000:]}"
-    return {m: (dw, mk) for m, (_, dw, mk) in out.items()}
+    return merge_both({m: text.format(**fmt) for m, text in RECIPES.items()}, tmp_path_factory.mktemp("parity"),
+                      copy_tokenizer=False)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -10,13 +10,11 @@ mergekit orders appended union tokens by dictionary order, darwin by id.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
+from mergekit_reference import merge_both
 from safetensors.torch import load_file
 
 import darwin
@@ -119,35 +117,9 @@ dtype: float32
     }
 
 
-_DRIVER = """
-import sys
-from mergekit.scripts.run_yaml import main
-for recipe, out in zip(sys.argv[1::2], sys.argv[2::2]):
-    main([recipe, out, "--quiet", "--no-write-model-card"], standalone_mode=False)
-"""
-
-
 @pytest.fixture(scope="module")
 def merged(vocab_parents, tmp_path_factory):
-    pytest.importorskip("mergekit.scripts.run_yaml", reason="mergekit not installed")
-    root = tmp_path_factory.mktemp("vocab-merges")
-    argv, out = [], {}
-    for name, text in _recipes(vocab_parents).items():
-        (root / f"{name}.yaml").write_text(text)
-        out[name] = (root / f"dw-{name}", root / f"mk-{name}")
-        argv += [str(root / f"{name}.yaml"), str(out[name][1])]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env)
-    try:
-        for name in out:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DarwinWarning)
-                darwin.merge(str(root / f"{name}.yaml"), out[name][0], progress=False, device="cpu")
-    finally:
-        log = proc.communicate(timeout=600)[0].decode(errors="replace")
-    assert proc.returncode == 0, f"mergekit-yaml failed:\n{log[-4000:]}"
-    return out
+    return merge_both(_recipes(vocab_parents), tmp_path_factory.mktemp("vocab-merges"))
 
 
 def _vocab(folder):
