@@ -165,6 +165,87 @@ slices:
           value: [1.5, 0.25]
 dtype: float32
 """,
+    # the methods of issue 15: uneven weights, task vectors (a base) where the method takes one,
+    # thresholds set so that both branches of each selection rule occur in the demo parents
+    "multislerp": """\
+merge_method: multislerp
+base_model: {base}
+models:
+  - model: {a}
+    parameters: {{weight: 0.3}}
+  - model: {b}
+    parameters: {{weight: [0.9, 0.4]}}
+dtype: float32
+""",
+    "multislerp_nobase": """\
+merge_method: multislerp
+models:
+  - model: {a}
+    parameters: {{weight: 1.0}}
+  - model: {b}
+    parameters: {{weight: 3.0}}
+parameters:
+  normalize_weights: true
+dtype: float32
+""",
+    "karcher": """\
+merge_method: karcher
+base_model: {base}
+models:
+  - model: {a}
+  - model: {b}
+parameters:
+  max_iter: 20
+dtype: float32
+""",
+    "nearswap": """\
+merge_method: nearswap
+base_model: {base}
+models:
+  - model: {a}
+parameters:
+  t: [0.0002, 0.002]
+dtype: float32
+""",
+    "sce": """\
+merge_method: sce
+base_model: {base}
+models:
+  - model: {a}
+  - model: {b}
+parameters:
+  select_topk: 0.4
+dtype: float32
+""",
+    "arcee_fusion": """\
+merge_method: arcee_fusion
+base_model: {base}
+models:
+  - model: {a}
+dtype: float32
+""",
+    "ram": """\
+merge_method: ram
+base_model: {base}
+models:
+  - model: {a}
+  - model: {b}
+parameters:
+  epsilon: 0.001
+dtype: float32
+""",
+    "ramplus_tl": """\
+merge_method: ramplus_tl
+base_model: {base}
+models:
+  - model: {a}
+  - model: {b}
+parameters:
+  epsilon: 0.001
+  r: 0.5
+  alpha: 0.6
+dtype: float32
+""",
 }
 METHODS = list(RECIPES)
 
@@ -190,7 +271,6 @@ def tensor_diffs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict
     return {k: (a[k] - b[k]).abs().max().item() for k in sorted(a)}
 
 
-# ``mergekit-yaml RECIPE OUT --flags`` for each (RECIPE, OUT) pair on the command line, in one process
 @pytest.fixture(scope="module")
 def merged(demo, tmp_path_factory):
     """method → (darwin child, mergekit child)."""

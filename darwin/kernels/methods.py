@@ -18,7 +18,9 @@ from darwin.kernels.blend import blend_apply, blend_coefficients, blend_prepare,
 from darwin.kernels.linear import linear, passthrough
 from darwin.kernels.masks import COUNTER
 from darwin.kernels.model_stock import model_stock
+from darwin.kernels.selective import arcee_fusion, nearswap, ram, sce
 from darwin.kernels.slerp import nuslerp, slerp
+from darwin.kernels.spherical import karcher, multislerp
 from darwin.kernels.streamed_family import STREAMED, family_apply
 from darwin.kernels.task_arithmetic import FAMILY, task_vector_merge
 
@@ -35,7 +37,7 @@ class Param:
     Attributes:
         name: key in the recipe's ``parameters``.
         scope: ``"shared"`` (per tensor) or ``"parent"`` (per tensor and non-base parent).
-        kind: ``float``, ``bool`` or ``str``.
+        kind: ``float``, ``int``, ``bool`` or ``str``.
         default: value when the recipe gives none; ``None`` with ``required`` means it must be set.
         required: the recipe must set it.
         doc: one-line meaning.
@@ -230,6 +232,62 @@ METHODS: dict[str, MethodSpec] = {
             x, base, shared["t"], shared["lambda"], parent["density"], seeds,
             normalize_rescale(shared.get("rescale", "l1")))),
 }
+
+
+def _rowwise(names: tuple[str, ...], fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A kernel whose shared float parameters ``names`` must be Python numbers: the batch runs in
+    one call when every tensor has the same values, else tensor by tensor."""
+    def kernel(x, base, shared, parent, seeds):
+        vals = {k: shared[k] for k in names}
+        if all(not isinstance(v, torch.Tensor) or bool((v == v.flatten()[0]).all()) for v in vals.values()):
+            return fn(x, base, {k: float(v.flatten()[0]) if isinstance(v, torch.Tensor) else v
+                                for k, v in vals.items()}, parent, shared)
+        rows = []
+        for b in range(x.shape[0]):
+            one = {k: float(v[b]) if isinstance(v, torch.Tensor) else v for k, v in vals.items()}
+            rows.append(fn(x[b:b + 1], base[b:b + 1] if base is not None else None, one,
+                           {k: v[b:b + 1] for k, v in parent.items()}, shared))
+        return torch.cat(rows)
+    return kernel
+
+
+_PAPER_RAM = "RAM, arXiv 2601.13572"
+METHODS.update({
+    "multislerp": MethodSpec(
+        "multislerp", (_WEIGHT, Param("normalize_weights", "shared", bool, True, doc="divide the weights by Σ wᵢ"),
+                       Param("eps", "shared", float, 1e-8, doc="norm guard")),
+        base="optional", paper="Goddard 2025, Multi-SLERP (goddard.blog)",
+        kernel=_rowwise(("eps",), lambda x, base, s, parent, shared: multislerp(
+            x, parent["weight"], base, normalize_weights=bool(shared["normalize_weights"]), eps=s["eps"]))),
+    "karcher": MethodSpec(
+        "karcher", (Param("max_iter", "shared", int, 10, doc="iteration limit"),
+                    Param("tol", "shared", float, 1e-5, doc="norm and angle threshold")),
+        base="optional", paper="Karcher 1977, Riemannian centre of mass",
+        kernel=_rowwise(("tol",), lambda x, base, s, parent, shared: karcher(
+            x, base, max_iter=int(shared["max_iter"]), tol=s["tol"]))),
+    "nearswap": MethodSpec(
+        "nearswap", (Param("t", "shared", float, required=True, doc="distance below which B's value is taken"),),
+        base="required", min_parents=1, max_parents=1, paper="alchemonaut, QuartetAnemoi-70B-t0.0001 (NearSwap)",
+        kernel=lambda x, base, shared, parent, seeds: nearswap(base, x[:, 0], shared["t"])),
+    "sce": MethodSpec(
+        "sce", (Param("select_topk", "shared", float, 1.0, doc="fraction of highest-variance elements kept"),),
+        base="required", paper="SCE (FuseChat), arXiv 2408.07990",
+        kernel=_rowwise(("select_topk",), lambda x, base, s, parent, shared: sce(x, base, s["select_topk"]))),
+    "arcee_fusion": MethodSpec(
+        "arcee_fusion", (), base="required", min_parents=1, max_parents=1, paper="Arcee Fusion (arcee.ai, mergekit)",
+        kernel=lambda x, base, shared, parent, seeds: arcee_fusion(base, x[:, 0])),
+    "ram": MethodSpec(
+        "ram", (Param("epsilon", "shared", float, 1e-5, doc="|δ| above which a parent contributes"),),
+        base="required", paper=_PAPER_RAM,
+        kernel=_rowwise(("epsilon",), lambda x, base, s, parent, shared: ram(x, base, s["epsilon"]))),
+    "ramplus_tl": MethodSpec(
+        "ramplus_tl", (Param("r", "shared", float, 0.1, doc="rescaling rate"),
+                       Param("alpha", "shared", float, 0.2, doc="cap of the overlap ratio"),
+                       Param("epsilon", "shared", float, 1e-5, doc="|δ| above which a parent contributes")),
+        base="required", paper=_PAPER_RAM + " (RAM+, tensor-local)",
+        kernel=_rowwise(("r", "alpha", "epsilon"), lambda x, base, s, parent, shared: ram(
+            x, base, s["epsilon"], plus=True, r=s["r"], alpha=s["alpha"]))),
+})
 for _m in FAMILY:
     METHODS[_m] = MethodSpec(_m, _family_params(_m), base="required", paper=_PAPERS[_m],
                              random=FAMILY[_m].sparsify in ("random", "della"),

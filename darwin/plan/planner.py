@@ -111,6 +111,10 @@ def _coerce(spec: MethodSpec, name: str, value: Any, where: str) -> Any:
             if not isinstance(value, bool):
                 raise ValueError
             return value
+        if p.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
+            return value
         if p.kind is float:
             if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
