@@ -106,3 +106,13 @@ def test_each_expert_keeps_its_own_density(moe, tmp_path):
     halves = gate_up.reshape(E, 2, FF, H).flatten(2).float().mean(2)
     torch.testing.assert_close(halves, torch.full((E, 2), 0.3), atol=0.01, rtol=0)
     assert json.loads((tmp_path / "one" / "config.json").read_text())["num_local_experts"] == E
+
+
+def test_mixed_expert_layouts_are_refused_with_the_reason(moe, tmp_path):
+    from darwin.errors import CompatibilityError
+
+    recipe = _ties(moe)
+    recipe["models"][0]["model"] += "-fused"
+    with pytest.raises(CompatibilityError, match="different layouts"):
+        darwin.merge(recipe, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()

@@ -257,3 +257,91 @@ def test_padded_rows_beyond_the_tokenizer_are_kept(vocab_parents, tmp_path):
     p = [load_file(str(tmp_path / f"p{i}" / "model.safetensors"))["model.embed_tokens.weight"] for i in (1, 2)]
     assert w.shape[0] == 320 == json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"]
     torch.testing.assert_close(w, (p[0] + p[1]) / 2)
+
+
+# ----------------------------------------------------------------------------- bad and unusual input
+def _quiet_merge(recipe, out, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DarwinWarning)
+        return darwin.merge(recipe, out, progress=False, **kw)
+
+
+def test_a_frankenmerge_of_parents_with_different_tokenizers(vocab_parents, tmp_path):
+    p = vocab_parents
+    recipe = {"merge_method": "passthrough", "dtype": "float32", "tokenizer_source": "union",
+              "slices": [{"sources": [{"model": str(p["a"]), "layer_range": [0, 2]}]},
+                         {"sources": [{"model": str(p["b"]), "layer_range": [1, 2]}]}]}
+    _quiet_merge(recipe, None, dry_run=True)
+    _quiet_merge(recipe, tmp_path / "f")
+    v, va = _vocab(tmp_path / "f"), _vocab(p["a"])
+    w = load_file(str(tmp_path / "f" / "model.safetensors"))["model.embed_tokens.weight"]
+    a = load_file(str(p["a"] / "model.safetensors"))["model.embed_tokens.weight"]
+    torch.testing.assert_close(w[[v[t] for t in va]], a[list(va.values())])  # the first slice's embedding
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["num_hidden_layers"] == 3
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"tokenizer_source": "union", "tokenizer": {"source": "base"}}, "not both"),
+    ({"tokenizer_source": ""}, "'tokenizer_source' is empty"),
+    ({"chat_template": " "}, "'chat_template' is empty"),
+    ({"tokenizer": {"source": "union", "pad_to_multiple_of": True}}, "pad_to_multiple_of"),
+    ({"tokenizer": {"source": "union", "pad_to_multiple_of": 10 ** 8}}, "from 1 to 65536"),
+    ({"pad_to_multiple_of": 64}, "did you mean tokenizer.pad_to_multiple_of"),
+    ({"merge_method": "slrep"}, "did you mean 'slerp'"),
+    ({"chat_template": "ChatML"}, "did you mean 'chatml'"),
+])
+def test_bad_tokenizer_options_are_refused_before_any_write(vocab_parents, tmp_path, extra, match):
+    from darwin.errors import DarwinError
+
+    recipe = {**_three(vocab_parents, [0.5, 0.5, 0.0]), **extra}
+    recipe.pop("tokenizer_source") if "tokenizer" in extra and "tokenizer_source" not in extra else None
+    with pytest.raises(DarwinError, match=match):
+        _quiet_merge(recipe, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_different_vocabularies_without_an_option_say_how_to_fix_it(vocab_parents, tmp_path):
+    recipe = {"merge_method": "linear", "dtype": "float32",
+              "models": [{"model": str(vocab_parents[m]), "parameters": {"weight": 0.5}} for m in "ab"]}
+    with pytest.raises(CompatibilityError, match="set tokenizer_source"):
+        darwin.merge(recipe, tmp_path / "x", progress=False)
+
+
+def test_tokenizer_only_folder_token_paths_and_special_ids(vocab_parents, tmp_path):
+    import shutil
+
+    p = vocab_parents
+    tok_only = tmp_path / "tok"
+    tok_only.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(p["a"] / f, tok_only / f)
+    recipe = {**_three(p, [0.5, 0.5, 0.0]), "tokenizer_source": str(tok_only)}
+    _quiet_merge(recipe, tmp_path / "t")
+    assert _vocab(tmp_path / "t") == _vocab(p["a"])
+    with pytest.raises(darwin.errors.RecipeError, match="the tokenizer source"):  # --force must not delete it
+        _quiet_merge(recipe, tok_only, force=True)
+    assert (tok_only / "tokenizer.json").exists()
+    slash = {**_three(p, [0.5, 0.5, 0.0]), "tokenizer_source": None,
+             "tokenizer": {"source": str(p["b"]) + "/", "tokens": {"<|endoftext|>": {"source": str(p["b"]) + "/",
+                                                                                    "force": True}}}}
+    del slash["tokenizer_source"]
+    _quiet_merge(slash, tmp_path / "s")
+    cfg, cfg_b = (json.loads((f / "config.json").read_text()) for f in (tmp_path / "s", p["b"]))
+    assert cfg["eos_token_id"] == cfg_b["eos_token_id"]
+
+
+def test_a_parent_without_tokenizer_files(vocab_parents, tmp_path):
+    import shutil
+
+    p = vocab_parents
+    for name, src in (("same", "a"), ("other", "b")):
+        shutil.copytree(p[src], tmp_path / name, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    ok = {**_three(p, [0.5, 0.5, 0.0]), "models": [{"model": str(p["a"]), "parameters": {"weight": 0.5}},
+                                                    {"model": str(tmp_path / "same"), "parameters": {"weight": 0.5}},
+                                                    {"model": str(p["b"]), "parameters": {"weight": 0.5}}]}
+    with pytest.warns(DarwinWarning, match="no tokenizer files; taken to share"):
+        darwin.merge(ok, tmp_path / "ok", progress=False)
+    bad = {**ok, "models": ok["models"][:1] + [{"model": str(tmp_path / "other"), "parameters": {"weight": 0.5}}]}
+    with pytest.raises(CompatibilityError, match="no tokenizer files .* 320 embedding rows differ"):
+        _quiet_merge(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -8,6 +8,7 @@ recipes run unchanged.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -303,7 +304,9 @@ def get_method(name: str) -> MethodSpec:
     try:
         return METHODS[name]
     except KeyError:
-        raise KeyError(f"unknown merge_method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+        close = difflib.get_close_matches(str(name), list(METHODS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown merge_method {name!r}{hint} (known: {', '.join(sorted(METHODS))})") from None
 
 
 def run_kernel(spec: MethodSpec, x: torch.Tensor, base: torch.Tensor | None,

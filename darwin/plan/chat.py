@@ -14,6 +14,7 @@ Anything else is a :class:`~darwin.errors.RecipeError` naming the value.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from pathlib import Path
@@ -127,5 +128,7 @@ def resolve_chat_template(value: str | None, parents: dict[str, Path]) -> str | 
         return text
     if "{" in value:
         return _check_jinja(value, "chat_template")
+    close = difflib.get_close_matches(value.lower(), [*NAMED, "auto"], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
     raise RecipeError(f"chat_template {value!r}: not 'auto', a named template ({', '.join(sorted(NAMED))}), "
-                      "a model folder, or Jinja text")
+                      f"a model folder, or Jinja text{hint}")

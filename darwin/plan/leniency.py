@@ -43,6 +43,9 @@ _FORMAT_KEYS = {
     "sources": {"name": "a label; it names nothing in the merge"},
 }
 
+#: keys of the ``tokenizer:`` block, often written at the top level by mistake
+_TOKENIZER_KEYS = ("pad_to_multiple_of", "tokens")
+
 #: the levels of a recipe: the top, a ``models`` entry, a ``slices`` entry, a slice source
 LEVELS = ("recipe", "models", "slices", "sources")
 
@@ -69,6 +72,8 @@ def _lenient_level(data: dict[str, Any], level: str, where: str, fields: Collect
             scope = f"{where}.parameters" if where else "parameters"
             _warn(f"{at} has no effect outside 'parameters' (mergekit ignores it too); ignored. "
                   f"Probably meant {scope}.{key}")
+        elif level == "recipe" and key in _TOKENIZER_KEYS:
+            raise RecipeError(f"{at}: unknown key {key!r}; did you mean tokenizer.{key} (inside a tokenizer: block)?")
         else:
             raise RecipeError(f"{at}: unknown key {key!r}" + _suggest(str(key), fields))
     return keep

@@ -29,7 +29,7 @@ from darwin.plan.chat import resolve_chat_template
 from darwin.plan.leniency import check_parameter
 from darwin.plan.plan import MergePlan, ReportRow, Source, TaskAction, TensorTask
 from darwin.plan.recipe import InputSlice, OutputSlice, Recipe
-from darwin.plan.vocab_plan import describe, embedding_rows, plan_vocabulary
+from darwin.plan.vocab_plan import as_parent, describe, embedding_rows, plan_vocabulary
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -363,9 +363,15 @@ class _PlanBuilder:
         layer_sources = [next((i for m, i in lay.sources if m == ref), lay.sources[0][1]) for lay in self.layers] \
             if recipe.slices is not None else None
         config = child_config(ck[ref].config, dtype=out_dtype, tied=self.out_tied, layer_sources=layer_sources)
+        text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
         if self.vocab is not None:
-            text = config["text_config"] if isinstance(config.get("text_config"), dict) else config
             text["vocab_size"] = self.vocab.rows
+        src = as_parent(str(recipe.vocabulary_source), self.models) if recipe.vocabulary_source else None
+        if src in ck and src != ref:  # the special-token ids follow the tokenizer
+            src_text = ck[src].config.get("text_config") or ck[src].config
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                if key in src_text:
+                    text[key] = src_text[key]
         plan = MergePlan(tasks=self.tasks, models=self.models, reference=ref, config=config, out_dtype=out_dtype,
                          tied=self.out_tied, tokenizer_source=_tokenizer_source(recipe, ref),
                          chat_template=resolve_chat_template(recipe.chat_template, {m: c.path for m, c in ck.items()}),
@@ -374,6 +380,13 @@ class _PlanBuilder:
         problems = [f"{r.tensor}: {r.action} ({r.detail})" for r in self.report
                     if r.action not in ("blend", "transplant")]
         problems += [f"{name} differs: {detail}" for name, ok, detail in checks if not ok]
+        if recipe.vocabulary_source is None and any(not ok and name in ("tokenizer", "vocab_size")
+                                                    for name, ok, _ in checks):
+            problems.insert(0, "the parents' vocabularies differ: set tokenizer_source (union, base or a parent) "
+                               "to map their rows by token")
+        if any(".experts." in r.tensor and r.action.startswith("only-in") for r in self.report):
+            problems.insert(0, "expert tensors are missing in some parents: they may store experts in different "
+                               "layouts (per expert or fused); save every parent with the same transformers version")
         if problems:
             err = CompatibilityError("parents are not compatible: " + "; ".join(problems[:6])
                                      + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, model_validator
 
 from darwin.errors import RecipeError, describe_validation_error
 from darwin.io.yamlfile import load_yaml_mapping
@@ -127,17 +127,23 @@ class TokenEmbedding(_Strict):
     force: bool = False
 
 
+#: the largest ``pad_to_multiple_of`` accepted (GPU-friendly values are 8 to 256)
+MAX_PAD = 1 << 16
+
+
 class TokenizerSpec(_Strict):
     """The ``tokenizer:`` block (mergekit's ``TokenizerConfig``)."""
 
     source: str = "union"
     tokens: Optional[dict[str, TokenEmbedding]] = None
-    pad_to_multiple_of: Optional[int] = None
+    pad_to_multiple_of: Optional[StrictInt] = None
 
     @model_validator(mode="after")
     def _pad(self):
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
+        if self.pad_to_multiple_of is not None and not 1 <= self.pad_to_multiple_of <= MAX_PAD:
+            raise ValueError(f"pad_to_multiple_of must be an integer from 1 to {MAX_PAD}, got {self.pad_to_multiple_of}")
+        if not self.source.strip():
+            raise ValueError("tokenizer.source is empty: give union, base or a model")
         return self
 
 
@@ -161,6 +167,12 @@ class Recipe(_Strict):
     def _check(self):
         if self.modules is not None:
             raise ValueError("'modules' (multi-module merges) is not supported; use 'models' or 'slices'")
+        if self.tokenizer is not None and self.tokenizer_source is not None:
+            raise ValueError("give one of 'tokenizer_source' or 'tokenizer' (whose 'source' says the same), not both")
+        for key in ("tokenizer_source", "chat_template"):
+            value = getattr(self, key)
+            if isinstance(value, str) and not value.strip():
+                raise ValueError(f"'{key}' is empty: leave it out or give a value")
         if (self.models is None) == (self.slices is None):
             raise ValueError("give exactly one of 'models' or 'slices'")
         if self.models is not None and not self.models:

@@ -82,7 +82,7 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
     ref = checkpoints[plan.reference].path
     assert plan.tokenizer_source is not None  # every plan builder names its tokenizer source
     tok = checkpoints[plan.tokenizer_source].path if plan.tokenizer_source in checkpoints \
-        else Checkpoint(plan.tokenizer_source).path
+        else Path(plan.tokenizer_source).expanduser()  # a tokenizer-only folder needs no weights
     if plan.vocab is not None:  # the child's own tokenizer (vocabulary surgery)
         plan.vocab.tokenizer.save_pretrained(str(folder))
         tok = plan.vocab.source
@@ -93,6 +93,17 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
     if plan.chat_template:
         write_chat_template(folder, plan.chat_template)
     write_card(plan, folder, card_sections)
+
+
+def _recipe_folders(plan: MergePlan) -> dict[str, str]:
+    """Folders besides the parents that a recipe reads (a tokenizer source, a chat template's model)."""
+    out = {}
+    if plan.tokenizer_source and plan.tokenizer_source not in plan.models:
+        out["the tokenizer source"] = plan.tokenizer_source
+    ct = plan.recipe.get("chat_template")
+    if isinstance(ct, str) and "{" not in ct and Path(ct).expanduser().is_dir():
+        out["the chat template's model"] = ct
+    return out
 
 
 def write_card(plan: MergePlan, folder: Path, sections: list[str] | None = None) -> None:
@@ -152,7 +163,8 @@ def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike | tuple[MergePlan,
     else:
         plan, ckpts = plan_recipe(recipe, seed=seed)
     if out_dir is not None:
-        refuse_input_overlap(out_dir, {f"parent {ref}": c.path for ref, c in ckpts.items()})
+        refuse_input_overlap(out_dir, {**{f"parent {ref}": c.path for ref, c in ckpts.items()},
+                                       **_recipe_folders(plan)})
     batch_bytes = batch_bytes or default_batch_bytes(resolve_device(device))
     peak = peak_bytes_estimate(plan, batch_bytes) + min(shard_bytes, plan.output_bytes)
     if dry_run:

@@ -38,13 +38,28 @@ def embedding_rows(ck: Checkpoint) -> int:
     return rows
 
 
-def _rule(token: str, entry: TokenEmbedding) -> TokenRule:
+def as_parent(ref: str, models: list[str]) -> str:
+    """The recipe's own reference for ``ref`` when both name the same local folder (``m/b``,
+    ``./m/b/``, an absolute path), else ``ref`` unchanged."""
+    if ref in models:
+        return ref
+    p = Path(ref).expanduser()
+    if p.exists():
+        for m in models:
+            q = Path(m).expanduser()
+            if q.exists() and q.resolve() == p.resolve():
+                return m
+    return ref
+
+
+def _rule(entry: TokenEmbedding, models: list[str]) -> TokenRule:
     src = entry.source
     if isinstance(src, ZeroEmbedding):
         return TokenRule(zero=True, force=entry.force)
     if isinstance(src, ModelTokenEmbedding):
-        return TokenRule(model=src.model, token=src.token, token_id=src.token_id, force=entry.force)
-    return TokenRule(model=src, force=entry.force)
+        return TokenRule(model=as_parent(src.model, models), token=src.token, token_id=src.token_id,
+                         force=entry.force)
+    return TokenRule(model=as_parent(src, models) if src is not None else None, force=entry.force)
 
 
 def plan_vocabulary(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> ChildVocab | None:
@@ -61,22 +76,27 @@ def plan_vocabulary(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> Child
     if source is None:
         return None
     models = recipe.referenced_models()
-    first = recipe.base_model or models[0]
+    source = as_parent(source, models)
     folders = {m: checkpoints[m].path for m in models}
-    if not has_tokenizer(folders[first]):
-        return None  # nothing to build from: the tokenizer source's files (if any) are copied
+    donor = next((m for m in models if has_tokenizer(folders[m])), None)
+    if donor is None:
+        return None  # no parent has a tokenizer: the tokenizer source's files (if any) are copied
+    rows = {m: embedding_rows(checkpoints[m]) for m in models}
     for m in models:
         if not has_tokenizer(folders[m]):
-            warnings.warn(f"{m}: no tokenizer files; taken to share the tokenizer of {first}", DarwinWarning,
-                          stacklevel=2)
-            folders[m] = folders[first]
-    rows = {m: embedding_rows(checkpoints[m]) for m in models}
+            if rows[m] != rows[donor]:
+                raise CompatibilityError(f"{folders[m]}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}), and its "
+                                         f"{rows[m]} embedding rows differ from the {rows[donor]} of {donor}, so its "
+                                         "rows cannot be mapped to tokens; add its tokenizer")
+            warnings.warn(f"{m}: no tokenizer files; taken to share the tokenizer of {donor} (same {rows[m]} rows)",
+                          DarwinWarning, stacklevel=2)
+            folders[m] = folders[donor]
     spec = recipe.tokenizer
-    tokens = {t: _rule(t, e) for t, e in (spec.tokens or {}).items()} if spec is not None else {}
+    tokens = {t: _rule(e, models) for t, e in (spec.tokens or {}).items()} if spec is not None else {}
     pad = spec.pad_to_multiple_of if spec is not None else None
     external = source not in ("base", "union") and source not in checkpoints
     compare = dict(folders, **({"<tokenizer_source>": Path(source)} if external else {}))
-    compare_rows = dict(rows, **({"<tokenizer_source>": rows[first]} if external else {}))
+    compare_rows = dict(rows, **({"<tokenizer_source>": rows[donor]} if external else {}))
     if not tokens and pad is None and vocabularies_agree(compare, compare_rows):
         return None
     return build_child_vocab(models, folders, rows, base=recipe.base_model, source=source, tokens=tokens,

@@ -58,7 +58,7 @@ def filled_rows(task: TensorTask, vocab: ChildVocab, load: Callable[[str, str], 
     """
     sources = task.inputs + ([task.base] if task.base is not None else [])
     mats = {s.model: load(s.model, s.tensor) for s in sources}
-    for k in {int(c) for m in vocab.models for c in vocab.eff_model[m].unique().tolist() if c >= 0}:
+    for k in {int(c) for m in mats for c in vocab.eff_model[m].unique().tolist() if c >= 0}:
         name = vocab.models[k]
         if name not in mats:
             raise CompatibilityError(f"{task.out_name}: tokenizer.tokens takes rows from {name}, which is not "
