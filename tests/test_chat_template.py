@@ -20,11 +20,11 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def parents(demo, tmp_path_factory):
-    """Copies of the demo models: base with T_ROLE, A and B with T_PIPE, C without a template."""
+    """Copies of the demo models: base with T_ROLE, A and B with T_PIPE, C and D without a template."""
     root = tmp_path_factory.mktemp("chat")
     out = {}
     for name, src, template in (("base", "base", T_ROLE), ("a", "parent_a", T_PIPE), ("b", "parent_b", T_PIPE),
-                                ("c", "parent_a", None)):
+                                ("c", "parent_a", None), ("d", "parent_b", None)):
         out[name] = root / name
         shutil.copytree(demo[src], out[name])
         if template:
@@ -54,7 +54,7 @@ def test_auto_takes_the_template_most_parents_share(parents, tmp_path):
 
 
 def test_auto_without_any_parent_template_keeps_the_source_tokenizer(parents, tmp_path):
-    child = _merge([parents["c"], parents["c"]], "auto", tmp_path / "child")
+    child = _merge([parents["c"], parents["d"]], "auto", tmp_path / "child")
     assert read_chat_template(child) is None
 
 

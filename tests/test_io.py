@@ -75,18 +75,39 @@ def test_index_names_missing_tensor(tmp_path):
         Checkpoint(d)
 
 
-def test_stray_shard_is_an_error(tmp_path):
+@pytest.mark.parametrize("stray", ["model-00009-of-00009.safetensors", "model.safetensors"])
+def test_the_index_is_authoritative_over_stray_files(tmp_path, stray):
+    from darwin.errors import DarwinWarning
+
     d = _sharded(tmp_path)
-    save_file({"x": torch.ones(1)}, str(d / "model-00009-of-00009.safetensors"))
-    with pytest.raises(CheckpointError, match="stray file 'model-00009-of-00009.safetensors'"):
-        Checkpoint(d)
+    save_file({"x": torch.ones(1)}, str(d / stray))
+    with pytest.warns(DarwinWarning, match=f"{stray} is not named by model.safetensors.index.json and ignored"):
+        ck = Checkpoint(d)
+    assert sorted(ck.tensor_names) == sorted(_tensors()) and "x" not in ck
 
 
-def test_single_file_and_index_together_is_an_error(tmp_path):
+def test_an_index_listing_the_tied_head_resolves_through_the_tie(tmp_path):
+    from darwin.errors import DarwinWarning
+
     d = _sharded(tmp_path)
-    save_file({"x": torch.ones(1)}, str(d / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="both"):
-        Checkpoint(d)
+    idx = json.loads((d / "model.safetensors.index.json").read_text())
+    idx["weight_map"]["lm_head.weight"] = "model-00001-of-00003.safetensors"
+    (d / "model.safetensors.index.json").write_text(json.dumps(idx))
+    with pytest.warns(DarwinWarning, match="'lm_head.weight'.*tied"):
+        ck = Checkpoint(d)
+    assert "lm_head.weight" not in ck
+
+
+def test_names_without_the_base_prefix_are_canonicalised(tmp_path):
+    ts = {k.removeprefix("model."): v for k, v in _tensors(2).items()}
+    ts["embed_tokens.weight"], ts["lm_head.weight"] = torch.ones(3, 4), torch.zeros(3, 4)
+    save_file(ts, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    ck = Checkpoint(tmp_path)
+    assert sorted(ck.tensor_names) == sorted(["model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight",
+                                              "model.embed_tokens.weight", "lm_head.weight"])
+    torch.testing.assert_close(ck.get("model.embed_tokens.weight"), torch.ones(3, 4))
+    torch.testing.assert_close(ck.get("model.layers.1.mlp.up_proj.weight"), ts["layers.1.mlp.up_proj.weight"])
 
 
 def test_truncated_safetensors(tmp_path):

@@ -352,3 +352,41 @@ def test_more_bad_inputs_fail_before_any_work(demo, tmp_path):
     with pytest.raises(OutputExistsError, match="is a file"):
         darwin.merge(_recipe(demo), f / "child")
     assert f.read_text() == "keep me"
+
+
+def test_float16_overflow_is_refused_naming_the_tensor(demo, tmp_path):
+    from darwin.errors import DarwinError
+
+    recipe = {"merge_method": "linear", "dtype": "float16", "parameters": {"normalize": False},
+              "models": [{"model": str(demo["parent_a"]), "parameters": {"weight": 1e5}},
+                         {"model": str(demo["parent_b"]), "parameters": {"weight": 1e5}}]}
+    with pytest.raises(DarwinError, match=r"merged values reach .* beyond what float16 holds \(6\.55e\+04\)"):
+        darwin.merge(recipe, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+    recipe["dtype"] = "bfloat16"  # the same values fit bfloat16
+    darwin.merge(recipe, tmp_path / "y", progress=False)
+    assert all(torch.isfinite(v.float()).all() for v in _load(tmp_path / "y").values())
+
+
+def test_the_same_model_twice_and_too_few_parents_fail_before_output(demo, tmp_path):
+    twice = _recipe(demo)
+    twice["models"][1]["model"] = twice["models"][0]["model"] + "/"
+    with pytest.raises(RecipeError, match=r"models\[1\] .* is the same model as models\[0\]"):
+        darwin.merge(twice, tmp_path / "x", progress=False)
+    stock = {"merge_method": "model_stock", "base_model": str(demo["base"]), "models": [{"model": str(demo["parent_a"])}]}
+    with pytest.raises(RecipeError, match="needs at least 2 parent.* besides the base model, got 1.*two or more"):
+        darwin.merge(stock, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_tokenizer_comes_from_whichever_parent_has_one(demo, tmp_path):
+    from darwin.errors import DarwinWarning
+
+    bare = tmp_path / "bare"
+    shutil.copytree(demo["parent_a"], bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*", "*.jinja"))
+    recipe = {"merge_method": "linear", "dtype": "float32", "base_model": str(bare),
+              "models": [{"model": str(bare), "parameters": {"weight": 0.5}},
+                         {"model": str(demo["parent_b"]), "parameters": {"weight": 0.5}}]}
+    with pytest.warns(DarwinWarning, match="no tokenizer files; the child's tokenizer is copied from"):
+        darwin.merge(recipe, tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (demo["parent_b"] / "tokenizer.json").read_bytes()

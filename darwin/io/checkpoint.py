@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from darwin.errors import CheckpointError
+from darwin.errors import CheckpointError, DarwinWarning
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -34,6 +35,27 @@ BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: stored names of output heads that an index may list although the head is tied to the embedding
+_TIED_ALIASES = ("lm_head.weight", "embed_out.weight")
+
+#: model type → (the prefix transformers' base model adds, names that show a checkpoint lacks it);
+#: every other family uses ``model`` and ``layers.`` / ``embed_tokens.``
+_BASE_PREFIX = {"gpt2": ("transformer", ("h.", "wte.")), "gpt_neox": ("gpt_neox", ("layers.", "embed_in.")),
+                "mamba": ("backbone", ("layers.", "embeddings.")), "mamba2": ("backbone", ("layers.", "embeddings."))}
+
+
+def canonical_names(meta: dict[str, TensorMeta], config: dict[str, Any]) -> dict[str, TensorMeta]:
+    """Tensor metadata keyed by the names transformers loads, for checkpoints saved without the
+    base model's prefix (``layers.0.…`` instead of ``model.layers.0.…``): transformers adds the
+    prefix when it loads such a file, and so does darwin. ``TensorMeta.name`` keeps the stored name.
+    Heads (``lm_head``) stay as they are."""
+    prefix, markers = _BASE_PREFIX.get(str(config.get("model_type")), ("model", ("layers.", "embed_tokens.")))
+    names = list(meta)
+    if any(n.startswith(prefix + ".") for n in names) or not any(n.startswith(markers) for n in names):
+        return meta
+    return {(n if n.startswith(("lm_head.", "embed_out.")) else f"{prefix}.{n}"): m for n, m in meta.items()}
+
 
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -107,7 +129,7 @@ class Checkpoint:
         self._allow_bin = allow_bin
         self._handles: dict[str, Any] = {}
         self._bin_cache: dict[str, dict[str, torch.Tensor]] = {}
-        self.meta: dict[str, TensorMeta] = self._read_headers()
+        self.meta: dict[str, TensorMeta] = canonical_names(self._read_headers(), self.config)
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.ref!r}, tensors={len(getattr(self, 'meta', {}))})"
@@ -116,9 +138,6 @@ class Checkpoint:
     def _read_headers(self) -> dict[str, TensorMeta]:
         files = {f.name for f in self.path.iterdir() if f.is_file()}
         if SAFE_INDEX in files:
-            if SAFE_SINGLE in files:
-                raise CheckpointError(
-                    f"{self.path}: both {SAFE_SINGLE} and {SAFE_INDEX} are present; remove the stray one")
             return self._read_index(SAFE_INDEX, files, safetensors=True)
         if SAFE_SINGLE in files:
             return self._read_safetensors_file(SAFE_SINGLE)
@@ -145,16 +164,25 @@ class Checkpoint:
         if safetensors:
             stray = sorted(f for f in files if f.endswith(".safetensors") and f.startswith("model")
                            and f not in shards)
-            if stray:
-                raise CheckpointError(f"{self.path}: stray file {stray[0]!r} is not referenced by {index_name}")
+            if stray:  # the index is authoritative, as for transformers
+                warnings.warn(f"{self.path}: {', '.join(stray[:3])} {'is' if len(stray) == 1 else 'are'} not named "
+                              f"by {index_name} and ignored (the index is authoritative)", DarwinWarning,
+                              stacklevel=4)
         meta: dict[str, TensorMeta] = {}
         for shard in shards:
             found = self._read_safetensors_file(shard) if safetensors else self._read_bin_file(shard)
             meta.update(found)
+        out: dict[str, TensorMeta] = {}
         for name, shard in weight_map.items():
-            if name not in meta or meta[name].file != shard:
+            if name in meta and meta[name].file == shard:
+                out[name] = meta[name]
+            elif name.endswith(_TIED_ALIASES) and name not in meta:
+                # an index listing the tied head that its shard does not store: the head is the embedding
+                warnings.warn(f"{index_path}: lists {name!r}, which {shard!r} does not store; taken as tied to the "
+                              "input embedding", DarwinWarning, stacklevel=4)
+            else:
                 raise CheckpointError(f"{index_path}: tensor {name!r} is not in shard {shard!r}")
-        return {n: meta[n] for n in weight_map}
+        return out
 
     def _read_safetensors_file(self, fname: str) -> dict[str, TensorMeta]:
         fpath = self.path / fname
@@ -233,13 +261,13 @@ class Checkpoint:
         if m is None:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         if m.file.endswith(".bin"):
-            return self._load_bin(m.file)[name]
+            return self._load_bin(m.file)[m.name]
         h = self._handles.get(m.file)
         try:
             if h is None:
                 h = safe_open(str(self.path / m.file), framework="pt")
                 self._handles[m.file] = h
-            return h.get_tensor(name)
+            return h.get_tensor(m.name)
         except Exception as e:
             raise CheckpointError(f"{self.path / m.file}: cannot read tensor {name!r} ({e})") from e
 

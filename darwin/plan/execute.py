@@ -224,10 +224,36 @@ def _run_units(spec, units: int, x: torch.Tensor, base: torch.Tensor | None, sha
     return run_kernel(spec, xu, bu, su, pu, seeds_u).reshape(b, *shape)
 
 
+def check_range(names: list[str], merged: torch.Tensor, dtype: torch.dtype) -> None:
+    """Refuse merged values that ``dtype`` cannot hold (float16 beyond ±65504, or inf/NaN anywhere),
+    so a child never stores inf or NaN.
+
+    Args:
+        names: the child tensor names of ``merged``'s rows (one per batch row).
+        merged: ``[B, *S]`` float32 results (or one tensor in ``dtype``).
+        dtype: the storage dtype.
+
+    Raises:
+        DarwinError: naming the first offending tensor, its largest magnitude and what to change.
+    """
+    if dtype not in (torch.float16, torch.bfloat16) and merged.dtype not in (torch.float16, torch.bfloat16):
+        return
+    limit = torch.finfo(dtype).max
+    flat = merged.reshape(len(names), -1)
+    peak = flat.abs().amax(1) if flat.shape[1] else torch.zeros(flat.shape[0], device=flat.device)
+    bad = (~torch.isfinite(peak)) | (peak > limit)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise DarwinError(f"{names[i]}: merged values reach {float(peak[i]):.4g}, "
+                          f"beyond what {str(dtype).removeprefix('torch.')} holds ({limit:.4g}); write float32 or "
+                          "bfloat16 (dtype:), or lower the weights or the DARE/DELLA rescale")
+
+
 def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | torch.device | None = "auto",
             batch_bytes: int | None = None, out_dtype: torch.dtype | None = None, to_cpu: bool = True,
             on_batch: Callable[[int], None] | None = None, invariants: InvariantCache | None = None,
-            into: Mapping[str, torch.Tensor] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+            into: Mapping[str, torch.Tensor] | None = None, check_values: bool = True
+            ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(child tensor name, tensor)`` for every task.
 
     Args:
@@ -242,6 +268,8 @@ def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | to
         invariants: cache of streamed kernels' genome-invariant inputs (evolve keeps one per run).
         into: child tensor name → destination tensor on the kernel device (a resident model's
             parameters): streamed kernels write there directly and yield that tensor.
+        check_values: refuse float16/bfloat16 results out of the dtype's range (:func:`check_range`);
+            an evolve candidate scored in memory skips it (a bad candidate scores badly).
 
     Yields tensors that may be views of a shared batch buffer: copy them (writers do) before the
     next item if they must outlive the iteration.
@@ -257,7 +285,10 @@ def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | to
         if batch[0].vocab:
             if plan.vocab is None:
                 raise DarwinError(f"{batch[0].out_name}: a vocabulary task in a plan without a child vocabulary")
-            merged = merge_vocab_task(batch[0], plan.vocab, load, dev, merge_batch).to(dtype)
+            merged = merge_vocab_task(batch[0], plan.vocab, load, dev, merge_batch)
+            if check_values:
+                check_range([batch[0].out_name], merged, dtype)
+            merged = merged.to(dtype)
             yield batch[0].out_name, (merged.cpu() if to_cpu else merged)
             if on_batch:
                 on_batch(1)
@@ -268,11 +299,16 @@ def execute(plan: MergePlan, checkpoints: Mapping[str, Any], *, device: str | to
             if dest is None or not dest.is_contiguous():
                 dest = torch.empty(task.shape, dtype=dtype, device=dev)
             out = run_streamed(task, load, dest, invariants)
+            if check_values:
+                check_range([task.out_name], out, out.dtype)
             yield task.out_name, (out.cpu() if to_cpu and out.device.type != "cpu" else out)
             if on_batch:
                 on_batch(1)
             continue
-        merged = merge_batch(batch, load, dev).to(dtype)
+        merged = merge_batch(batch, load, dev)
+        if check_values:
+            check_range([t.out_name for t in batch], merged, dtype)
+        merged = merged.to(dtype)
         if to_cpu and merged.device.type != "cpu":
             merged = merged.cpu()
         for task, tensor in zip(batch, merged):

@@ -35,6 +35,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float64": torch.float64}
 _GLOBAL_ONLY = {"int8_mask"}
+_FEW_HINT = {"model_stock": "; model_stock averages two or more fine-tunes of the base and needs a base_model"}
 _FRACTIONS = {"density", "gamma", "epsilon", "t"}
 
 
@@ -241,9 +242,12 @@ class _PlanBuilder:
         n_in = len(inputs)
         spec = self.spec
         if n_in < spec.min_parents or (spec.max_parents is not None and n_in > spec.max_parents):
-            raise RecipeError(f"merge_method {spec.name!r} takes {spec.min_parents}"
-                              f"{'' if spec.max_parents == spec.min_parents else '+'} non-base parent(s), "
-                              f"got {n_in} for {out_name}")
+            want = (f"exactly {spec.min_parents}" if spec.max_parents == spec.min_parents else
+                    f"at least {spec.min_parents}" if spec.max_parents is None else
+                    f"{spec.min_parents} to {spec.max_parents}")
+            base_note = " besides the base model" if spec.base != "unused" and base_src is not None else ""
+            raise RecipeError(f"merge_method {spec.name!r} needs {want} parent(s){base_note}, got {n_in} "
+                              f"(at {out_name}){_FEW_HINT.get(spec.name, '')}")
         shared, parent = self._parameters(sl, inputs, out_name, t)
         seeds = [tensor_seed(self.recipe.seed, out_name, i) for i in range(n_in)] if spec.random else None
         shape = next(s for s in shapes.values() if s is not None)

@@ -177,6 +177,13 @@ class Recipe(_Strict):
             raise ValueError("give exactly one of 'models' or 'slices'")
         if self.models is not None and not self.models:
             raise ValueError("'models' is empty: give at least one model")
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.models or []):
+            key = str(Path(m.model).expanduser().resolve()) if Path(m.model).expanduser().exists() else m.model
+            if key in seen:
+                raise ValueError(f"models[{i}] ({m.model}) is the same model as models[{seen[key]}]; list each "
+                                 "parent once (give it a larger weight instead)")
+            seen[key] = i
         if self.slices is not None and not self.slices:
             raise ValueError("'slices' is empty: give at least one slice")
         if self.base_model is not None:

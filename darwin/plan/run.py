@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from darwin.arch.config import dtype_name
-from darwin.errors import RecipeError
+from darwin.errors import DarwinWarning, RecipeError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.extras import copy_generation_config, copy_tokenizer_files, write_chat_template
@@ -86,8 +87,12 @@ def write_child(plan: MergePlan, tensors, folder: Path, checkpoints: dict[str, C
     if plan.vocab is not None:  # the child's own tokenizer (vocabulary surgery)
         plan.vocab.tokenizer.save_pretrained(str(folder))
         tok = plan.vocab.source
-    else:
-        copy_tokenizer_files(tok, folder)
+    elif not copy_tokenizer_files(tok, folder):  # the source has none: the first parent that has one
+        donor = next((checkpoints[m].path for m in plan.models
+                      if m in checkpoints and copy_tokenizer_files(checkpoints[m].path, folder)), None)
+        if donor is not None:
+            warnings.warn(f"{tok}: no tokenizer files; the child's tokenizer is copied from {donor}", DarwinWarning,
+                          stacklevel=2)
     if not copy_generation_config(tok, folder):  # a tokenizer-only folder: the reference parent's
         copy_generation_config(ref, folder)
     if plan.chat_template:

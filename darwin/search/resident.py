@@ -203,7 +203,7 @@ class ResidentModel:
         self._ensure_architecture(plan)
         for name, tensor in execute(plan, self.parents, device=self.device, batch_bytes=batch_bytes,
                                     out_dtype=self.dtype, to_cpu=False, invariants=self.invariants,
-                                    into=self.state):
+                                    into=self.state, check_values=False):
             param = self.state[name]
             if tensor is not param:  # streamed kernels wrote into the parameter already
                 param.copy_(tensor)
