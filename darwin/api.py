@@ -29,7 +29,7 @@ __all__ = ["merge", "evolve", "golf", "trim_vocab", "crossover", "mri", "MergeRe
 def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool = False,
           device: str | torch.device | None = "auto", max_shard_size: str | int = "5GB",
           batch_bytes: int | None = None, seed: int | None = None, dry_run: bool = False,
-          progress: bool = True) -> MergeResult:
+          progress: bool = True, intermediate_dir: str | os.PathLike | None = None) -> MergeResult:
     """Merge parents as a recipe says and write the child (``darwin merge``).
 
     Args:
@@ -45,22 +45,42 @@ def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool 
         seed: overrides the recipe's mask seed (DARE/DELLA masks; a genome recipe's seed).
         dry_run: plan and check only; nothing is written.
         progress: show a rich progress bar.
+        intermediate_dir: for a multi-stage recipe (several YAML documents, mergekit-multi style:
+            :mod:`darwin.plan.stages`), where the named stages go (default ``<out_dir>-stages``).
 
     Returns:
-        a :class:`darwin.plan.run.MergeResult`.
+        a :class:`darwin.plan.run.MergeResult` (of the final stage for a multi-stage recipe).
 
     Raises:
         RecipeError, CheckpointError, CompatibilityError, OutputExistsError: bad input, named.
     """
     from darwin.genome.recipe import genome_recipe_plan
     from darwin.plan.run import merge as run_merge
+    from darwin.plan.run import plan_recipe
+    from darwin.plan.stages import read_stages, run_stages
 
     if out_dir is None and not dry_run:
         raise RecipeError("give an output folder (out_dir), or dry_run=True")
+    stages = read_stages(recipe) if isinstance(recipe, (str, os.PathLike)) and _is_file(recipe) else None
+    if stages is not None:
+        kw: dict[str, Any] = dict(device=device, max_shard_size=max_shard_size, batch_bytes=batch_bytes, seed=seed,
+                                  progress=progress)
+        if dry_run:  # plan the stages whose inputs exist; a later stage needs the earlier ones merged
+            return run_merge(stages[0].recipe, None, dry_run=True, **kw)
+        assert out_dir is not None  # refused above
+        out = Path(out_dir).expanduser()
+        result, final = run_stages(stages, out, intermediate_dir=Path(intermediate_dir) if intermediate_dir else None,
+                                   force=force, merge=lambda r, f, frc: run_merge(r, f, force=frc, **kw))
+        return result if result is not None else MergeResult(plan_recipe(final)[0], out.resolve(), 0)
     planned = genome_recipe_plan(recipe, seed=seed)
     return run_merge(planned if planned is not None else recipe, out_dir, force=force, device=device,
                      max_shard_size=max_shard_size, batch_bytes=batch_bytes, seed=seed, dry_run=dry_run,
                      progress=progress)
+
+
+def _is_file(recipe: str | os.PathLike) -> bool:
+    text = os.fspath(recipe)
+    return "\n" not in text and Path(text).expanduser().is_file()
 
 
 def evolve(config: Any, out_dir: str | os.PathLike, *, resume: bool = False, force: bool = False,

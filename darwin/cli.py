@@ -91,6 +91,9 @@ def merge(
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Shard size limit, e.g. 500MB."),
     seed: Optional[int] = typer.Option(None, help="Seed of DARE/DELLA masks (overrides the recipe's)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="List every tensor in the report."),
+    intermediate_dir: Optional[Path] = typer.Option(None, "-I", "--intermediate-dir", help="Multi-stage recipes "
+                                                    "(several YAML documents): where named stages go "
+                                                    "(default OUTPUT-stages)."),
 ) -> None:
     """Merge parents as RECIPE says (mergekit YAML, or a genome recipe from darwin evolve) into OUTPUT."""
     from darwin.api import merge as run_merge
@@ -99,7 +102,8 @@ def merge(
         _fail(DarwinError("give -o/--output (or --dry-run)"))
     try:
         res = run_merge(recipe, output, force=force, device=device,
-                        max_shard_size=max_shard_size, seed=seed, dry_run=dry_run, progress=sys.stderr.isatty())
+                        max_shard_size=max_shard_size, seed=seed, dry_run=dry_run, progress=sys.stderr.isatty(),
+                        intermediate_dir=intermediate_dir)
     except CompatibilityError as e:
         if e.plan is not None:
             print_report(e.plan, verbose=verbose)
