@@ -10,7 +10,8 @@ merge does not read (``name:``, a top-level ``normalize:``) warn and are dropped
 darwin extensions: ``seed`` (integer seeding DARE/DELLA masks, default 0).
 Vocabulary surgery as mergekit documents it: ``tokenizer_source: union | base | <model>`` and the
 ``tokenizer:`` block (``source``, ``tokens:`` with ``source`` and ``force``, ``pad_to_multiple_of``).
-Not supported (clear error): ``modules``, ``residual_weight``, LoRA references (``model+lora``).
+``base+adapter`` references merge a PEFT LoRA adapter into its base as tensors are read.
+Not supported (clear error): ``modules``, ``residual_weight``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ Parameters = Optional[dict[str, Setting]]
 
 
 def _check_ref(ref: str) -> str:
-    if "+" in ref and not Path(ref).exists():
-        raise ValueError(f"LoRA model references ({ref!r}) are not supported")
+    if "+" in ref and not Path(ref).exists() and not all(part.strip() for part in ref.split("+", 1)):
+        raise ValueError(f"{ref!r}: a LoRA reference is base+adapter, both parts given")
     return ref
 
 
@@ -250,6 +251,8 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
     def fix(ref: str | None) -> str | None:
         if ref is None or Path(ref).is_absolute() or Path(ref).exists():
             return ref
+        if "+" in ref and not (base_dir / ref).exists():  # base+adapter: each part
+            return "+".join(str(fix(part)) for part in ref.split("+", 1))
         cand = base_dir / ref
         return str(cand) if cand.exists() else ref
 

@@ -17,6 +17,7 @@ from darwin.errors import DarwinWarning, RecipeError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.extras import copy_generation_config, copy_tokenizer_files, write_chat_template
+from darwin.io.lora import open_checkpoint
 from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, parse_size, refuse_input_overlap
 from darwin.plan.execute import default_batch_bytes, execute, peak_bytes_estimate, resolve_device
 from darwin.plan.plan import MergePlan
@@ -40,12 +41,13 @@ class MergeResult:
 
 
 def open_parents(refs: list[str], *, allow_bin: bool = True) -> dict[str, Checkpoint]:
-    """Open every referenced parent lazily (headers only).
+    """Open every referenced parent lazily (headers only); ``base+adapter`` merges a LoRA adapter in
+    as its tensors are read (:mod:`darwin.io.lora`).
 
     Raises:
         CheckpointError: naming the first parent that is missing or unreadable.
     """
-    return {ref: Checkpoint(ref, allow_bin=allow_bin) for ref in refs}
+    return {ref: open_checkpoint(ref, allow_bin=allow_bin) for ref in refs}
 
 
 def plan_recipe(recipe: Recipe | dict[str, Any] | str | os.PathLike, *, seed: int | None = None
