@@ -390,3 +390,20 @@ def test_the_tokenizer_comes_from_whichever_parent_has_one(demo, tmp_path):
     with pytest.warns(DarwinWarning, match="no tokenizer files; the child's tokenizer is copied from"):
         darwin.merge(recipe, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (demo["parent_b"] / "tokenizer.json").read_bytes()
+
+
+def test_vision_language_checkpoints_are_refused(tmp_path):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from darwin.errors import CompatibilityError
+
+    vc = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=16, patch_size=8)
+    tc = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1)
+    LlavaForConditionalGeneration(LlavaConfig(vision_config=vc, text_config=tc, image_token_index=63)).save_pretrained(
+        tmp_path / "llava")
+    recipe = {"merge_method": "linear", "models": [{"model": str(tmp_path / "llava"), "parameters": {"weight": 1.0}}]}
+    with pytest.raises(CompatibilityError, match="vision-language checkpoint"):
+        darwin.merge(recipe, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()

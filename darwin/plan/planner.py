@@ -137,6 +137,24 @@ def _check_della(parent: dict[str, list[Any]], inputs: list[Source], out_name: s
                               f"(got density {rho}, epsilon {eps}); change density or epsilon")
 
 
+_VISION_MARKERS = ("vision_tower", "vision_model", "multi_modal_projector", "visual.", "image_newline")
+
+
+def refuse_multimodal(ck: Checkpoint) -> None:
+    """Refuse a vision-language checkpoint (LLaVA-style ``language_model`` + ``vision_tower`` +
+    projector): darwin merges language models, and a vision tower's layers would be mapped onto the
+    language model's. (mergekit 0.1.5 silently drops the language model in its own LLaVA test.)
+
+    Raises:
+        CompatibilityError: naming the folder and a vision tensor.
+    """
+    vision = next((n for n in ck.tensor_names if any(m in n for m in _VISION_MARKERS)), None)
+    if vision is not None or isinstance(ck.config.get("vision_config"), dict):
+        what = f"tensor {vision!r}" if vision else "a vision_config in config.json"
+        raise CompatibilityError(f"{ck.path}: a vision-language checkpoint ({what}); darwin merges language "
+                                 "models only: merge the language model extracted on its own")
+
+
 def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
     """Build the merge plan for ``recipe`` over already opened ``checkpoints``.
 
@@ -159,6 +177,7 @@ def build_plan(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> MergePlan:
     _check_param_names(recipe, spec)
     for ck in checkpoints.values():
         ck.require_config()
+        refuse_multimodal(ck)
     ts = recipe.vocabulary_source
     if ts not in (None, "base", "union") and ts not in checkpoints and not Path(ts).is_dir():
         key = "tokenizer.source" if recipe.tokenizer is not None else "tokenizer_source"
