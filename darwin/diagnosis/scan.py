@@ -11,6 +11,7 @@ from darwin.arch.mapper import ArchMap
 from darwin.diagnosis.probe import FAMILIES, layer_importance, load_probes
 from darwin.diagnosis.static import tensor_stats
 from darwin.io.checkpoint import Checkpoint
+from darwin.io.extras import require_tokenizer
 from darwin.plan.execute import resolve_device
 
 
@@ -74,6 +75,8 @@ def scan_model(ref: str, *, probes: bool = True, families: tuple[str, ...] = FAM
     ckpt = Checkpoint(ref)
     if probes:
         ckpt.require_config()
+        if tokenizer is None:
+            require_tokenizer(ckpt.path, "the probes need one; run with --no-probes for the static statistics only")
     amap, tensors = static_scan(ckpt, progress)
     probe: dict[str, dict[str, list[float]]] = {}
     if probes and amap.num_layers > 0:

@@ -11,6 +11,28 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json", "vocab.txt")
 
 
+#: files any one of which makes a folder's tokenizer loadable
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds tokenizer files."""
+    return any((folder / f).is_file() for f in TOKENIZER_MARKERS)
+
+
+def require_tokenizer(folder: Path, why: str) -> None:
+    """Stop before any work when a step needs a tokenizer the folder does not have.
+
+    Raises:
+        CheckpointError: naming the folder, the files looked for and ``why`` (what needs it and
+            what to do instead).
+    """
+    from darwin.errors import CheckpointError
+
+    if not has_tokenizer(folder):
+        raise CheckpointError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_MARKERS)}); {why}")
+
+
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     """Copy the tokenizer and chat-template files present in ``src`` to ``dst``; returns their names."""
     copied = []

@@ -23,6 +23,7 @@ from darwin.arch.vocab import trim_bpe_tokenizer
 from darwin.errors import CheckpointError, CompatibilityError, DarwinError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
+from darwin.io.extras import require_tokenizer
 from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, refuse_input_overlap
 
 _ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
@@ -131,6 +132,7 @@ def trim_vocab(model: str | os.PathLike, corpus: list[str | os.PathLike] | str |
     tj_path = ck.path / "tokenizer.json"
     if not tj_path.exists():
         raise CheckpointError(f"{ck.path}: no tokenizer.json (vocabulary trimming rewrites it)")
+    require_tokenizer(ck.path, "trimming the vocabulary needs one")
     used, n_tokens = _corpus_tokens(AutoTokenizer.from_pretrained(ck.path), corpus)
     for k in _ID_KEYS:
         v = config.get(k)

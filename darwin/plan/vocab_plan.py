@@ -15,14 +15,8 @@ from pathlib import Path
 from darwin.arch.tokenizers import ChildVocab, TokenRule, build_child_vocab, vocabularies_agree
 from darwin.errors import CompatibilityError, DarwinWarning
 from darwin.io.checkpoint import Checkpoint
+from darwin.io.extras import TOKENIZER_MARKERS, has_tokenizer
 from darwin.plan.recipe import ModelTokenEmbedding, Recipe, TokenEmbedding, ZeroEmbedding
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-
-
-def has_tokenizer(folder: Path) -> bool:
-    """Whether ``folder`` holds tokenizer files."""
-    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
 
 
 def embedding_rows(ck: Checkpoint) -> int:
@@ -85,7 +79,7 @@ def plan_vocabulary(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> Child
     for m in models:
         if not has_tokenizer(folders[m]):
             if rows[m] != rows[donor]:
-                raise CompatibilityError(f"{folders[m]}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}), and its "
+                raise CompatibilityError(f"{folders[m]}: no tokenizer files ({', '.join(TOKENIZER_MARKERS)}), and its "
                                          f"{rows[m]} embedding rows differ from the {rows[donor]} of {donor}, so its "
                                          "rows cannot be mapped to tokens; add its tokenizer")
             warnings.warn(f"{m}: no tokenizer files; taken to share the tokenizer of {donor} (same {rows[m]} rows)",

@@ -23,6 +23,7 @@ import torch
 
 from darwin.arch.config import context_length
 from darwin.errors import DarwinError, RecipeError
+from darwin.io.extras import require_tokenizer
 from darwin.plan.plan import MergePlan
 
 
@@ -51,6 +52,8 @@ def verify_child(folder: Path, constraints, cfg) -> dict[str, Any]:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if constraints.min_context is not None:
+        require_tokenizer(folder, "the min_context check scores a text window and needs one")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     n = sum(p.numel() for p in model.parameters())
     config = json.loads((folder / "config.json").read_text())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from darwin.fitness.base import CombinedFitness, Component
 from darwin.fitness.perplexity import BitsPerByteFitness, DocumentFitness, PerplexityFitness
 from darwin.fitness.python import load_callable
+from darwin.io.extras import require_tokenizer
 from darwin.search.config import FitnessEntry
 
 
@@ -68,6 +70,10 @@ def preflight(fit: dict[str, Any], model_dir: str, dtype: Any) -> None:
     Raises:
         DarwinError: from the component, naming its task.
     """
+    text = [c.fn for fn in fit.values() for c in getattr(fn, "components", [])
+            if isinstance(c.fn, (PerplexityFitness, DocumentFitness, BitsPerByteFitness)) or hasattr(c.fn, "preflight")]
+    if text:
+        require_tokenizer(Path(model_dir), "the fitness scores text and needs one (a python fitness does not)")
     checked = _checked_components(fit)
     if not checked:
         return
