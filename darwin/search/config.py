@@ -348,15 +348,18 @@ def _resolve(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     def fix(p: str | None) -> str | None:
         return resolve_beside(p, base_dir)
 
-    data = dict(data)
-    data["parents"] = [fix(p) for p in data.get("parents") or []]
-    data["base"] = fix(data.get("base"))
+    data = dict(data)  # only well-typed values are resolved; the model reports the others by key
+    if isinstance(data.get("parents"), list):
+        data["parents"] = [fix(p) for p in data["parents"]]
+    if "base" in data:
+        data["base"] = fix(data["base"])
     if isinstance(data.get("genome"), str) and data["genome"].endswith((".yaml", ".yml")):
         data["genome"] = fix(data["genome"])
     for role in ("selection", "test"):
         if isinstance(data.get(role), list):
             data[role] = _resolve_entries(data[role], fix)
-    data["fitness"] = _resolve_entries(data.get("fitness") or [], fix)
+    if isinstance(data.get("fitness"), list):
+        data["fitness"] = _resolve_entries(data["fitness"], fix)
     return data
 
 
@@ -365,9 +368,10 @@ def _resolve_entries(entries: list[Any], fix) -> list[Any]:
     for e in entries:
         e = dict(e) if isinstance(e, dict) else e
         for kind in ("perplexity", "bits_per_byte"):
-            if isinstance(e, dict) and isinstance(e.get(kind), dict):
-                e[kind] = {**e[kind], "files": [fix(f) for f in e[kind].get("files", [])]}
-        if isinstance(e, dict) and isinstance(e.get("lm_eval"), dict) and e["lm_eval"].get("include_path"):
+            if isinstance(e, dict) and isinstance(e.get(kind), dict) and isinstance(e[kind].get("files"), list):
+                e[kind] = {**e[kind], "files": [fix(f) for f in e[kind]["files"]]}
+        if isinstance(e, dict) and isinstance(e.get("lm_eval"), dict) and isinstance(e["lm_eval"].get("include_path"),
+                                                                                   str):
             e["lm_eval"] = {**e["lm_eval"], "include_path": fix(e["lm_eval"]["include_path"])}
         if isinstance(e, dict) and isinstance(e.get("python"), str) and ".py:" in e["python"]:
             path, _, fn = e["python"].rpartition(":")
