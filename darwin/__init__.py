@@ -5,10 +5,10 @@ The public functions (:mod:`darwin.api`): :func:`merge`, :func:`evolve`, :func:`
 MRI code lives in :mod:`darwin.diagnosis`), so importing any submodule leaves them in place.
 """
 
-from darwin.api import MergeResult, TrimResult, crossover, evolve, golf, merge, mri, trim_vocab
+from darwin.api import MergeResult, TrimResult, crossover, evolve, golf, merge, mri, prune, trim_vocab
 from darwin.errors import CheckpointError, CompatibilityError, DarwinError, OutputExistsError, RecipeError
 
 __version__ = "0.1.0"
-__all__ = ["merge", "evolve", "golf", "trim_vocab", "crossover", "mri", "MergeResult", "TrimResult",
+__all__ = ["merge", "evolve", "golf", "trim_vocab", "prune", "crossover", "mri", "MergeResult", "TrimResult",
            "DarwinError", "CheckpointError", "CompatibilityError", "OutputExistsError", "RecipeError",
            "__version__"]

@@ -23,7 +23,7 @@ from darwin.plan.trim import TrimResult, trim_vocab
 if TYPE_CHECKING:
     from darwin.search.evolve import EvolveResult
 
-__all__ = ["merge", "evolve", "golf", "trim_vocab", "crossover", "mri", "MergeResult", "TrimResult"]
+__all__ = ["merge", "evolve", "golf", "trim_vocab", "prune", "crossover", "mri", "MergeResult", "TrimResult"]
 
 
 def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool = False,
@@ -76,6 +76,53 @@ def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool 
     return run_merge(planned if planned is not None else recipe, out_dir, force=force, device=device,
                      max_shard_size=max_shard_size, batch_bytes=batch_bytes, seed=seed, dry_run=dry_run,
                      progress=progress)
+
+
+def prune(model: str | os.PathLike, out_dir: str | os.PathLike, *, calibration: Sequence[str | os.PathLike],
+          ffn: int | None = None, groups: int | None = None, max_params: int | str | None = None,
+          score: str = "second_moment", refit: bool = True, ridge: float = 1e-2, tokens: int = 32768,
+          window: int = 512, multiple: int = 1, device: str = "auto", force: bool = False, progress: bool = True) -> Any:
+    """Cut a llama-family model to uniform FFN / attention widths with least-squares re-fits
+    (``darwin prune``; :mod:`darwin.search.prune`).
+
+    Args:
+        model: folder or hub id.
+        out_dir: child folder.
+        calibration: text files or folders for the statistics (not the text you evaluate on).
+        ffn: kept FFN neurons per layer (None: the widest under ``max_params``).
+        groups: kept GQA groups (key/value heads with their query heads) per layer (None: all).
+        max_params: budget (``100M`` style or an int), used when ``ffn`` is None.
+        score: ``second_moment``, ``flap``, ``leverage``, ``obs`` or ``magnitude``.
+        refit: least-squares re-fit of ``down_proj``/``o_proj`` (False: plain pruning).
+        ridge, tokens, window, multiple, device: see :class:`darwin.search.prune.PruneRequest`.
+        force: replace an existing ``out_dir``.
+        progress: rich progress bar.
+
+    Returns:
+        a :class:`darwin.search.prune.PruneResult`.
+
+    Raises:
+        RecipeError, CheckpointError, CompatibilityError, OutputExistsError: bad input, named.
+    """
+    from darwin.search.config import parse_count
+    from darwin.search.prune import PruneRequest
+
+    def _count(v: int | str | None) -> int | None:
+        try:
+            return parse_count(v, "max_params")
+        except ValueError as e:
+            raise RecipeError(f"darwin prune: {e}") from None
+
+    from darwin.search.prune import prune as run_prune
+
+    fields = {"model": str(model), "calibration": [str(c) for c in calibration], "ffn": ffn, "groups": groups,
+              "max_params": _count(max_params), "score": score,
+              "refit": refit, "ridge": ridge, "tokens": tokens, "window": window, "multiple": multiple, "device": device}
+    try:
+        req = PruneRequest.model_validate(fields)
+    except ValidationError as e:
+        raise describe_validation_error("darwin prune", "options", e) from None
+    return run_prune(req, out_dir, force=force, progress=progress)
 
 
 def _is_file(recipe: str | os.PathLike) -> bool:

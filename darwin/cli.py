@@ -232,6 +232,38 @@ def golf(
     _print_run(res)
 
 
+@app.command()
+def prune(
+    model: str = typer.Argument(..., help="Llama-family model folder (or hub id)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Child folder to write."),
+    calibration: list[Path] = typer.Option(..., "--calibration", help="Text file or folder for the statistics "
+                                           "(not your evaluation text); repeat the flag for more."),
+    ffn: Optional[int] = typer.Option(None, "--ffn", help="Kept FFN neurons per layer."),
+    groups: Optional[int] = typer.Option(None, "--groups", help="Kept attention groups (a KV head and its query "
+                                         "heads) per layer; default all."),
+    max_params: Optional[str] = typer.Option(None, "--max-params", help="Budget filled by the widest FFN when "
+                                             "--ffn is not given (100M, 99_500_000)."),
+    score: str = typer.Option("second_moment", "--score", help="second_moment, flap, leverage, obs or magnitude."),
+    refit: bool = typer.Option(True, "--refit/--no-refit", help="Least-squares re-fit of down_proj and o_proj."),
+    tokens: int = typer.Option(32768, "--tokens", help="Calibration tokens."),
+    device: str = typer.Option("auto", help="Device of the calibration passes."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> None:
+    """Cut MODEL to uniform FFN / attention widths, re-fitted in closed form (no training)."""
+    from darwin.api import prune as run_prune
+
+    _quiet_transformers()
+    try:
+        r = run_prune(model, output, calibration=[str(c) for c in calibration], ffn=ffn, groups=groups,
+                      max_params=max_params, score=score, refit=refit, tokens=tokens, device=device, force=force,
+                      progress=sys.stderr.isatty())
+    except DarwinError as e:
+        _fail(e)
+    out.print(f"wrote {r.out_dir}: FFN {r.plan.ffn} neurons, {r.plan.groups} attention groups per layer; parameters "
+              f"{r.parameters_before:,} → {r.parameters_after:,} (calibration: {r.calibration_tokens:,} tokens)",
+              highlight=False)
+
+
 @app.command("trim-vocab")
 def trim_vocab(
     model: str = typer.Argument(..., help="Model folder (or hub id) with a byte-level BPE tokenizer.json."),

@@ -1,0 +1,262 @@
+"""``darwin prune``: a llama-family model cut to uniform FFN and attention widths, re-fitted in closed form.
+
+Calibration forward passes on the given texts (:func:`darwin.diagnosis.calibrate.collect_stats`)
+give each layer's ``down_proj`` and ``o_proj`` input Grams; neurons and GQA groups are ranked by a
+score and the projections after them re-fitted by least squares (:mod:`darwin.plan.width`). Every
+layer gets the same widths, so the child's config is stock (``intermediate_size``,
+``num_attention_heads``, ``num_key_value_heads``, ``head_dim``) and transformers loads it natively:
+no llama-family architecture in transformers takes per-layer widths. With ``max_params`` and no
+``ffn``, the widest FFN that keeps the child under the budget is chosen. The calibration text must
+not be the text a report holds out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from darwin.diagnosis.calibrate import collect_stats
+from darwin.errors import CompatibilityError, RecipeError
+from darwin.io.card import write_model_card
+from darwin.io.checkpoint import Checkpoint
+from darwin.io.extras import copy_generation_config, copy_tokenizer_files, require_tokenizer
+from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, refuse_input_overlap
+from darwin.plan.width import (
+    SCORES,
+    InputStats,
+    WidthPlan,
+    group_scores,
+    keep_top,
+    llama_like_params,
+    neuron_scores,
+    prune_attention,
+    prune_ffn,
+    widest_ffn,
+)
+
+
+class PruneRequest(BaseModel):
+    """What a prune run is asked for (unknown keys refused).
+
+    Attributes:
+        model: a llama-family folder (or hub id).
+        calibration: text files or folders for the statistics (never the report's held-out text).
+        ffn: kept FFN neurons per layer (None: the widest under ``max_params``).
+        groups: kept GQA groups per layer (None: all).
+        max_params: parameter budget (tied embeddings once) used when ``ffn`` is None.
+        score: neuron score, one of :data:`darwin.plan.width.SCORES`.
+        refit: re-fit ``down_proj`` and ``o_proj`` by least squares (False: plain pruning).
+        ridge: the re-fit's ridge, a fraction of the Gram's mean diagonal.
+        tokens, window: calibration tokens in all, and per forward window.
+        multiple: round the FFN width down to a multiple of this.
+        device: where the calibration forward passes run.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    calibration: list[str] = Field(min_length=1)
+    ffn: Optional[int] = Field(default=None, ge=1)
+    groups: Optional[int] = Field(default=None, ge=1)
+    max_params: Optional[int] = Field(default=None, ge=1)
+    score: str = "second_moment"
+    refit: bool = True
+    ridge: float = Field(default=1e-2, ge=0)
+    tokens: int = Field(default=32768, ge=64)
+    window: int = Field(default=512, ge=8)
+    multiple: int = Field(default=1, ge=1)
+    device: str = "auto"
+
+
+@dataclass
+class PruneResult:
+    """Where the child went and what it is."""
+
+    out_dir: Path
+    plan: WidthPlan
+    parameters_before: int
+    parameters_after: int
+    calibration_tokens: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A llama-family model's layer shape: layers, query heads per GQA group, head size, groups."""
+
+    layers: int
+    q_per_group: int
+    head_dim: int
+    groups: int
+
+
+def _arch(config: dict[str, Any], ck: Checkpoint) -> Layout:
+    """The layout of a llama-family checkpoint.
+
+    Raises:
+        CompatibilityError: a config or tensor layout this operator does not handle.
+    """
+    need = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+    missing = [k for k in need if not isinstance(config.get(k), int)]
+    if missing or config.get("mlp_bias"):
+        raise CompatibilityError(f"{ck.path}: width pruning handles llama-family configs without FFN biases "
+                                 f"(missing: {', '.join(missing) or 'none'}; mlp_bias: {config.get('mlp_bias')})")
+    n_heads = config["num_attention_heads"]
+    n_kv = int(config.get("num_key_value_heads") or n_heads)
+    hd = int(config.get("head_dim") or config["hidden_size"] // n_heads)
+    for i in range(config["num_hidden_layers"]):
+        for n in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "self_attn.q_proj", "self_attn.k_proj",
+                  "self_attn.v_proj", "self_attn.o_proj"):
+            if f"model.layers.{i}.{n}.weight" not in ck:
+                raise CompatibilityError(f"{ck.path}: no tensor model.layers.{i}.{n}.weight (a llama-family layout "
+                                         "is needed)")
+    return Layout(config["num_hidden_layers"], n_heads // n_kv, hd, n_kv)
+
+
+def calibration_windows(tok: Any, files: list[str], tokens: int, window: int) -> list[torch.Tensor]:
+    """``[1, window]`` token batches from the texts (each file tokenized whole, cut into windows),
+    ``tokens`` in all.
+
+    Raises:
+        RecipeError: a missing or unreadable file, or too little text for one window.
+    """
+    paths: list[Path] = []
+    for f in files:
+        p = Path(f).expanduser()
+        if not p.exists():
+            raise RecipeError(f"{p}: no such calibration file or folder")
+        paths.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+    out: list[torch.Tensor] = []
+    for p in paths:
+        try:
+            ids = tok(p.read_text(encoding="utf-8"), add_special_tokens=False, return_tensors="pt").input_ids[0]
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecipeError(f"{p}: cannot read calibration text ({e})") from e
+        for s in range(0, ids.numel() - window + 1, window):
+            if len(out) * window >= tokens:
+                return out
+            out.append(ids[s:s + window].unsqueeze(0))
+    if not out:
+        raise RecipeError(f"calibration text {files}: fewer than {window} tokens; give more text or a smaller window")
+    return out
+
+
+def _width_plan(req: PruneRequest, config: dict[str, Any], lay: Layout) -> WidthPlan:
+    """The uniform widths a request asks for (``ffn`` given, or the widest under ``max_params``).
+
+    Raises:
+        RecipeError: an unknown score, more groups than the model has, no width, or none that fits.
+    """
+    if req.score not in SCORES:
+        raise RecipeError(f"score {req.score!r}: one of {', '.join(SCORES)}")
+    groups = req.groups or lay.groups
+    if groups > lay.groups:
+        raise RecipeError(f"groups {groups}: the model has {lay.groups} key/value groups per layer")
+    ffn = req.ffn or (widest_ffn(config, groups, req.max_params, multiple=req.multiple) if req.max_params else None)
+    if ffn is None:
+        raise RecipeError("give ffn (kept neurons per layer) or max_params (a budget to fill)")
+    if ffn < 1:
+        raise RecipeError(f"max_params {req.max_params}: no FFN width fits (with {groups} groups per layer)")
+    if ffn > config["intermediate_size"]:
+        raise RecipeError(f"ffn {ffn}: the model has {config['intermediate_size']} neurons per layer")
+    return WidthPlan(ffn, groups)
+
+
+def _calibrate(req: PruneRequest, ck: Checkpoint, plan: WidthPlan, lay: Layout, progress: bool
+               ) -> tuple[dict[str, list[InputStats]], int]:
+    """(the statistics the plan needs, calibration tokens), from forward passes of the model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin.plan.execute import resolve_device
+
+    dev = resolve_device(req.device)
+    require_tokenizer(ck.path, "calibration tokenizes text and needs one")
+    windows = calibration_windows(AutoTokenizer.from_pretrained(ck.path), req.calibration, req.tokens, req.window)
+    roles = tuple(r for r, on in (("ffn", req.refit or req.score != "magnitude"), ("attn", plan.groups < lay.groups))
+                  if on)
+    if not roles:
+        return {}, len(windows) * req.window
+    model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
+    with Progress(TextColumn("[bold]calibrating"), BarColumn(), MofNCompleteColumn(), disable=not progress,
+                  transient=True) as bar:
+        job = bar.add_task("calibrate", total=len(windows))
+        stats = collect_stats(model, windows, roles=roles, progress=lambda: bar.advance(job))
+    return stats, len(windows) * req.window
+
+
+def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False, progress: bool = True) -> PruneResult:
+    """Cut ``req.model`` to uniform widths and write the child into ``out_dir`` (atomically).
+
+    Raises:
+        RecipeError, CheckpointError, CompatibilityError, OutputExistsError: bad input, named.
+    """
+    check_output_dir(out_dir, force=force)
+    ck = Checkpoint(req.model)
+    refuse_input_overlap(out_dir, {"the model being pruned": ck.path})
+    config = dict(ck.require_config())
+    lay = _arch(config, ck)
+    plan = _width_plan(req, config, lay)
+    stats, n_tokens = _calibrate(req, ck, plan, lay, progress)
+    before, after = ck.num_parameters, llama_like_params(config, plan)
+    new_cfg = {**config, "intermediate_size": plan.ffn, "num_attention_heads": plan.groups * lay.q_per_group,
+               "num_key_value_heads": plan.groups, "head_dim": lay.head_dim}
+    details = {"ffn": plan.ffn, "groups": plan.groups, "score": req.score, "refit": req.refit, "ridge": req.ridge,
+               "calibration": [str(c) for c in req.calibration], "calibration_tokens": n_tokens,
+               "parameters_before": before, "parameters_after": after}
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        tmp = Path(tmp)
+        _write_pruned(ck, tmp, stats, req, plan, lay)
+        (tmp / "config.json").write_text(json.dumps(new_cfg, indent=2, sort_keys=True))
+        copy_tokenizer_files(ck.path, tmp)
+        copy_generation_config(ck.path, tmp)
+        write_model_card(tmp, parents=[req.model], method="width-prune", parameters=details, num_parameters=after,
+                         dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"))
+        (tmp / "lineage.json").write_text(json.dumps({"model": "child", "method": "width-prune", **details,
+                                                      "parents": [{"model": str(req.model)}]}, indent=1))
+    ck.close()
+    return PruneResult(Path(out_dir).expanduser().resolve(), plan, before, after, n_tokens)
+
+
+def _write_pruned(ck: Checkpoint, folder: Path, stats: dict[str, list[InputStats]], req: PruneRequest,
+                  plan: WidthPlan, lay: Layout) -> None:
+    """Every tensor of ``ck``, the layers' projections cut to ``plan`` (biases of q/k/v follow their rows)."""
+    writer = ShardedWriter(folder, 5 * 10**9)
+    written: set[str] = set()
+    for i in range(lay.layers):
+        p = f"model.layers.{i}"
+        g, u, d = (ck.get(f"{p}.mlp.{n}_proj.weight") for n in ("gate", "up", "down"))
+        ffn_stats = stats["ffn"][i] if "ffn" in stats else None
+        keep = keep_top(neuron_scores(req.score, ffn_stats, d, g, u, req.ridge), plan.ffn)
+        layer = dict(zip((f"{p}.mlp.{n}_proj.weight" for n in ("gate", "up", "down")),
+                         prune_ffn(g, u, d, keep, ffn_stats, refit_down=req.refit, ridge=req.ridge)))
+        if plan.groups < lay.groups:
+            layer.update(_attention(ck, p, stats["attn"][i], req, plan, lay))
+        for name, t in layer.items():
+            writer.add(name, t)
+        written |= set(layer)
+    for n in ck.tensor_names:
+        if n not in written:
+            writer.add(n, ck.get(n))
+    writer.finish()
+
+
+def _attention(ck: Checkpoint, p: str, a: InputStats, req: PruneRequest, plan: WidthPlan, lay: Layout
+               ) -> dict[str, torch.Tensor]:
+    """Layer ``p``'s attention tensors with only the best ``plan.groups`` GQA groups."""
+    q, k, v, o = (ck.get(f"{p}.self_attn.{n}_proj.weight") for n in ("q", "k", "v", "o"))
+    kept = keep_top(group_scores(a, o, lay.groups, lay.q_per_group, lay.head_dim), plan.groups)
+    out = dict(zip((f"{p}.self_attn.{n}_proj.weight" for n in "qkvo"),
+                   prune_attention(q, k, v, o, kept, a, q_per_group=lay.q_per_group, head_dim=lay.head_dim,
+                                   refit_o=req.refit, ridge=req.ridge)))
+    for n, per in (("q", lay.q_per_group), ("k", 1), ("v", 1)):
+        name = f"{p}.self_attn.{n}_proj.bias"
+        if name in ck:
+            rows = torch.cat([torch.arange(int(x) * per * lay.head_dim, (int(x) + 1) * per * lay.head_dim)
+                              for x in kept])
+            out[name] = ck.get(name)[rows].contiguous()
+    return out
