@@ -119,8 +119,8 @@ def _arch(config: dict[str, Any], ck: Checkpoint) -> Layout:
 
 
 def calibration_windows(tok: Any, files: list[str], tokens: int, window: int) -> list[torch.Tensor]:
-    """``[1, window]`` token batches from the texts (each file tokenized whole, cut into windows),
-    ``tokens`` in all.
+    """``[1, window]`` token batches from the texts, ``tokens`` in all, shared equally among the
+    files (each tokenized whole and cut into windows; a short file leaves its share to the others).
 
     Raises:
         RecipeError: a missing or unreadable file, or too little text for one window.
@@ -131,16 +131,19 @@ def calibration_windows(tok: Any, files: list[str], tokens: int, window: int) ->
         if not p.exists():
             raise RecipeError(f"{p}: no such calibration file or folder")
         paths.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
-    out: list[torch.Tensor] = []
+    per_file: list[list[torch.Tensor]] = []
     for p in paths:
         try:
             ids = tok(p.read_text(encoding="utf-8"), add_special_tokens=False, return_tensors="pt").input_ids[0]
         except (OSError, UnicodeDecodeError) as e:
             raise RecipeError(f"{p}: cannot read calibration text ({e})") from e
-        for s in range(0, ids.numel() - window + 1, window):
-            if len(out) * window >= tokens:
-                return out
-            out.append(ids[s:s + window].unsqueeze(0))
+        per_file.append([ids[s:s + window].unsqueeze(0) for s in range(0, ids.numel() - window + 1, window)])
+    out: list[torch.Tensor] = []
+    want = max(1, tokens // window)
+    while len(out) < want and any(per_file):  # round robin over the files
+        for chunks in per_file:
+            if chunks and len(out) < want:
+                out.append(chunks.pop(0))
     if not out:
         raise RecipeError(f"calibration text {files}: fewer than {window} tokens; give more text or a smaller window")
     return out
