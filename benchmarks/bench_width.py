@@ -150,17 +150,18 @@ def main() -> None:
             darwin.trim_vocab(smol, [str(c) for c in corpus], trimmed)
         record("trimmed", lambda: bpb(trimmed, held))
         budget = parse_count(args.max_params, "max_params")
-        variants = [("magnitude", False, None), ("flap", False, None), ("flap", True, None),
-                    ("second_moment", True, None), ("leverage", True, None), ("obs", True, None),
-                    ("second_moment", True, 2)]
-        for score, refit, groups in variants:
-            key = f"prune {score} refit={refit} groups={groups or 3}"
+        variants = [("magnitude", False, None, False), ("flap", False, None, False), ("flap", True, None, False),
+                    ("second_moment", True, None, False), ("leverage", True, None, False), ("obs", True, None, False),
+                    ("second_moment", True, 2, False), ("second_moment", True, None, True),
+                    ("second_moment", True, 2, True)]
+        for score, refit, groups, seq in variants:
+            key = f"prune {score} refit={refit} groups={groups or 3}" + (" sequential" if seq else "")
             out = args.work / key.replace(" ", "_").replace("=", "")
 
-            def run(score=score, refit=refit, groups=groups, out=out) -> dict:
+            def run(score=score, refit=refit, groups=groups, seq=seq, out=out) -> dict:
                 r = darwin.prune(trimmed, out, calibration=[str(c) for c in corpus], max_params=budget,
                                  groups=groups, score=score, refit=refit, tokens=args.tokens, force=True,
-                                 progress=False, device="cpu")
+                                 sequential=seq, progress=False, device="cpu")
                 return {"ffn": r.plan.ffn, "groups": r.plan.groups, **bpb(out, held)}
             record(key, run)
     print(table(results, base))

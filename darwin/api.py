@@ -81,7 +81,8 @@ def merge(recipe: Any, out_dir: str | os.PathLike | None = None, *, force: bool 
 def prune(model: str | os.PathLike, out_dir: str | os.PathLike, *, calibration: Sequence[str | os.PathLike],
           ffn: int | None = None, groups: int | None = None, max_params: int | str | None = None,
           score: str = "second_moment", refit: bool = True, ridge: float = 1e-2, tokens: int = 32768,
-          window: int = 512, multiple: int = 1, device: str = "auto", force: bool = False, progress: bool = True) -> Any:
+          window: int = 512, multiple: int = 1, sequential: bool = False, device: str = "auto", force: bool = False,
+          progress: bool = True) -> Any:
     """Cut a llama-family model to uniform FFN / attention widths with least-squares re-fits
     (``darwin prune``; :mod:`darwin.search.prune`).
 
@@ -94,7 +95,7 @@ def prune(model: str | os.PathLike, out_dir: str | os.PathLike, *, calibration: 
         max_params: budget (``100M`` style or an int), used when ``ffn`` is None.
         score: ``second_moment``, ``flap``, ``leverage``, ``obs`` or ``magnitude``.
         refit: least-squares re-fit of ``down_proj``/``o_proj`` (False: plain pruning).
-        ridge, tokens, window, multiple, device: see :class:`darwin.search.prune.PruneRequest`.
+        ridge, tokens, window, multiple, sequential, device: see :class:`darwin.search.prune.PruneRequest`.
         force: replace an existing ``out_dir``.
         progress: rich progress bar.
 
@@ -117,7 +118,8 @@ def prune(model: str | os.PathLike, out_dir: str | os.PathLike, *, calibration: 
 
     fields = {"model": str(model), "calibration": [str(c) for c in calibration], "ffn": ffn, "groups": groups,
               "max_params": _count(max_params), "score": score,
-              "refit": refit, "ridge": ridge, "tokens": tokens, "window": window, "multiple": multiple, "device": device}
+              "refit": refit, "ridge": ridge, "tokens": tokens, "window": window, "multiple": multiple,
+              "sequential": sequential, "device": device}
     try:
         req = PruneRequest.model_validate(fields)
     except ValidationError as e:

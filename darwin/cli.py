@@ -246,6 +246,8 @@ def prune(
     score: str = typer.Option("second_moment", "--score", help="second_moment, flap, leverage, obs or magnitude."),
     refit: bool = typer.Option(True, "--refit/--no-refit", help="Least-squares re-fit of down_proj and o_proj."),
     tokens: int = typer.Option(32768, "--tokens", help="Calibration tokens."),
+    sequential: bool = typer.Option(False, "--sequential", help="Prune layer by layer, each re-fit on the pruned "
+                                    "prefix's inputs towards the dense outputs."),
     device: str = typer.Option("auto", help="Device of the calibration passes."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
@@ -255,7 +257,8 @@ def prune(
     _quiet_transformers()
     try:
         r = run_prune(model, output, calibration=[str(c) for c in calibration], ffn=ffn, groups=groups,
-                      max_params=max_params, score=score, refit=refit, tokens=tokens, device=device, force=force,
+                      max_params=max_params, score=score, refit=refit, tokens=tokens, sequential=sequential,
+                      device=device, force=force,
                       progress=sys.stderr.isatty())
     except DarwinError as e:
         _fail(e)

@@ -147,3 +147,30 @@ def test_a_budget_is_met_and_bad_options_are_refused(demo, calib, tmp_path):
             darwin.prune(demo["parent_a"], tmp_path / "x", calibration=[calib], tokens=1024, window=64,
                          progress=False, **kw)
         assert not (tmp_path / "x").exists()
+
+
+def test_sequential_keep_all_reproduces_and_cut_is_at_least_as_good_on_calibration(demo, calib, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    parent = AutoModelForCausalLM.from_pretrained(demo["parent_a"], dtype=torch.float32).eval()
+    cfg = parent.config
+    darwin.prune(demo["parent_a"], tmp_path / "all", calibration=[calib], ffn=cfg.intermediate_size,
+                 ridge=0.0, tokens=1024, window=64, sequential=True, progress=False)
+    child = AutoModelForCausalLM.from_pretrained(tmp_path / "all", dtype=torch.float32).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(child(ids).logits, parent(ids).logits, atol=2e-3, rtol=1e-3)
+    kv = cfg.num_key_value_heads
+    for seq in (False, True):
+        darwin.prune(demo["parent_a"], tmp_path / f"cut{seq}", calibration=[calib], ffn=cfg.intermediate_size // 2,
+                     groups=kv - 1, tokens=1024, window=64, sequential=seq, progress=False)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(demo["parent_a"])
+    x = tok(calib.read_text()[:4000], return_tensors="pt").input_ids[:, :128]
+    with torch.no_grad():
+        ref = parent(x).logits.log_softmax(-1)
+        kl = {s: float(torch.nn.functional.kl_div(
+            AutoModelForCausalLM.from_pretrained(tmp_path / f"cut{s}").eval()(x).logits.log_softmax(-1), ref,
+            log_target=True, reduction="batchmean")) for s in (False, True)}
+    assert kl[True] <= kl[False] * 1.05, kl  # the sequential re-fit tracks the dense model at least as well

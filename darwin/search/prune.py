@@ -56,6 +56,8 @@ class PruneRequest(BaseModel):
         ridge: the re-fit's ridge, a fraction of the Gram's mean diagonal.
         tokens, window: calibration tokens in all, and per forward window.
         multiple: round the FFN width down to a multiple of this.
+        sequential: prune layer by layer, each re-fit on the inputs the already pruned layers
+            produce, towards the dense model's outputs (:func:`sequential_prune`).
         device: where the calibration forward passes run.
     """
 
@@ -71,6 +73,7 @@ class PruneRequest(BaseModel):
     tokens: int = Field(default=32768, ge=64)
     window: int = Field(default=512, ge=8)
     multiple: int = Field(default=1, ge=1)
+    sequential: bool = False
     device: str = "auto"
 
 
@@ -204,16 +207,25 @@ def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False,
     config = dict(ck.require_config())
     lay = _arch(config, ck)
     plan = _width_plan(req, config, lay)
-    stats, n_tokens = _calibrate(req, ck, plan, lay, progress)
+    if req.sequential:
+        tensors, n_tokens = _sequential_run(req, ck, plan, lay)
+        stats: dict[str, list[InputStats]] = {}
+    else:
+        tensors = None
+        stats, n_tokens = _calibrate(req, ck, plan, lay, progress)
     before, after = ck.num_parameters, llama_like_params(config, plan)
     new_cfg = {**config, "intermediate_size": plan.ffn, "num_attention_heads": plan.groups * lay.q_per_group,
                "num_key_value_heads": plan.groups, "head_dim": lay.head_dim}
     details = {"ffn": plan.ffn, "groups": plan.groups, "score": req.score, "refit": req.refit, "ridge": req.ridge,
+               "sequential": req.sequential,
                "calibration": [str(c) for c in req.calibration], "calibration_tokens": n_tokens,
                "parameters_before": before, "parameters_after": after}
     with atomic_output_dir(out_dir, force=force) as tmp:
         tmp = Path(tmp)
-        _write_pruned(ck, tmp, stats, req, plan, lay)
+        if tensors is not None:
+            _write_tensors(ck, tmp, tensors)
+        else:
+            _write_pruned(ck, tmp, stats, req, plan, lay)
         (tmp / "config.json").write_text(json.dumps(new_cfg, indent=2, sort_keys=True))
         copy_tokenizer_files(ck.path, tmp)
         copy_generation_config(ck.path, tmp)
@@ -263,3 +275,134 @@ def _attention(ck: Checkpoint, p: str, a: InputStats, req: PruneRequest, plan: W
                               for x in kept])
             out[name] = ck.get(name)[rows].contiguous()
     return out
+
+
+def _write_tensors(ck: Checkpoint, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """``tensors`` (in each original tensor's dtype) and every other tensor of ``ck`` as it is."""
+    writer = ShardedWriter(folder, 5 * 10**9)
+    for n in ck.tensor_names:
+        writer.add(n, tensors[n].to(ck.meta[n].dtype).contiguous() if n in tensors else ck.get(n))
+    writer.finish()
+
+
+def _sequential_run(req: PruneRequest, ck: Checkpoint, plan: WidthPlan, lay: Layout
+                    ) -> tuple[dict[str, torch.Tensor], int]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin.plan.execute import resolve_device
+
+    require_tokenizer(ck.path, "calibration tokenizes text and needs one")
+    windows = calibration_windows(AutoTokenizer.from_pretrained(ck.path), req.calibration, req.tokens, req.window)
+    dev = resolve_device(req.device)
+    model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
+    return sequential_prune(model, windows, req, plan, lay), len(windows) * req.window
+
+
+def _chunks(fn, x: torch.Tensor, size: int = 8) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + size]) for i in range(0, x.shape[0], size)])
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ aᵀb`` over every token, float64: ``[Da, Db]``."""
+    return (a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])).double()
+
+
+def _stats_of(x: torch.Tensor) -> InputStats:
+    flat = x.reshape(-1, x.shape[-1])
+    return InputStats(_cross(flat, flat), flat.double().sum(0), flat.shape[0])
+
+
+def _solve(cross: torch.Tensor, stats: InputStats, keep: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``C[:, K] (G[K, K] + λI)⁻¹``: the least-squares map from the kept inputs to the targets whose
+    cross Gram with the inputs is ``C``."""
+    gkk = stats.gram[keep][:, keep]
+    lam = ridge * float(torch.diagonal(gkk).mean().clamp(min=1e-12))
+    eye = torch.eye(len(keep), dtype=gkk.dtype)
+    return torch.linalg.solve(gkk + lam * eye, cross[:, keep].T).T.float()
+
+
+def _linear(weight: torch.Tensor) -> torch.nn.Linear:
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    lin.weight.data = weight.contiguous().float()
+    return lin
+
+
+@torch.no_grad()
+def sequential_prune(model: Any, windows: list[torch.Tensor], req: PruneRequest, plan: WidthPlan, lay: Layout
+                     ) -> dict[str, torch.Tensor]:
+    """Prune ``model`` (a loaded llama-family causal LM, float32) layer by layer, in place.
+
+    Each layer sees two streams over the calibration tokens: the dense model's hidden states and
+    the pruned prefix's. Neurons (and groups) are scored on the pruned stream, and ``down_proj``
+    (``o_proj``) is re-fitted so that the pruned layer's output on the pruned stream matches the
+    dense layer's output on the dense stream: ``W′ = C[:, K] (G[K, K] + λI)⁻¹`` with ``C`` the cross
+    Gram of dense targets and pruned inputs (``Σ t hᵀ``) and ``G`` the pruned inputs' Gram. So the
+    re-fit also corrects the error the earlier layers left (the sequential re-fit of the golf
+    reference sheet; the same normal equations as :func:`darwin.plan.width.refit`).
+
+    Returns:
+        the new projection tensors by stored name.
+    """
+    inner = model.model
+    ids = torch.cat(windows).to(next(model.parameters()).device)
+    x_dense = inner.embed_tokens(ids)
+    pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    x_pruned = x_dense.clone()
+    out: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(inner.layers):
+        pe = inner.rotary_emb(x_dense[:1], pos)
+
+        def attn(h: torch.Tensor, lyr=layer, pe=pe) -> torch.Tensor:
+            pe_b = tuple(t.expand(h.shape[0], *t.shape[1:]) for t in pe)
+            return lyr.self_attn(hidden_states=lyr.input_layernorm(h), position_embeddings=pe_b,
+                                 attention_mask=None)[0]
+        p = f"model.layers.{i}"
+        r_dense = x_dense + _chunks(attn, x_dense)
+        if plan.groups < lay.groups:
+            out.update(_sequential_attention(layer, p, x_dense, x_pruned, attn, req, plan, lay))
+        r_pruned = x_pruned + _chunks(attn, x_pruned)
+        mlp = layer.mlp
+        n_dense, n_pruned = layer.post_attention_layernorm(r_dense), layer.post_attention_layernorm(r_pruned)
+        h_dense = mlp.act_fn(mlp.gate_proj(n_dense)) * mlp.up_proj(n_dense)
+        h_pruned = mlp.act_fn(mlp.gate_proj(n_pruned)) * mlp.up_proj(n_pruned)
+        target = mlp.down_proj(h_dense)
+        st = _stats_of(h_pruned)
+        keep = keep_top(neuron_scores(req.score, st, mlp.down_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
+                                      req.ridge), plan.ffn)
+        w_down = _solve(_cross(target, h_pruned), st, keep, req.ridge) if req.refit else mlp.down_proj.weight[:, keep]
+        mlp.gate_proj, mlp.up_proj = _linear(mlp.gate_proj.weight[keep]), _linear(mlp.up_proj.weight[keep])
+        mlp.down_proj = _linear(w_down)
+        x_dense = r_dense + target
+        x_pruned = r_pruned + mlp.down_proj(h_pruned[..., keep])
+        for n in ("gate", "up", "down"):
+            out[f"{p}.mlp.{n}_proj.weight"] = getattr(mlp, f"{n}_proj").weight.detach().clone()
+    return out
+
+
+def _sequential_attention(layer: Any, p: str, x_dense: torch.Tensor, x_pruned: torch.Tensor, attn, req: PruneRequest,
+                          plan: WidthPlan, lay: Layout) -> dict[str, torch.Tensor]:
+    """Cut layer ``p``'s attention to ``plan.groups`` groups in place, ``o_proj`` re-fitted so its
+    output on the pruned stream matches the dense attention output on the dense stream."""
+    sa = layer.self_attn
+    if any(getattr(sa, f"{n}_proj").bias is not None for n in "qkvo"):
+        raise CompatibilityError(f"{p}: sequential attention pruning handles attention without biases; "
+                                 "use the one-shot re-fit (no --sequential)")
+    seen: list[torch.Tensor] = []
+    hook = sa.o_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach()))
+    try:
+        target = _chunks(attn, x_dense)
+        seen.clear()
+        _chunks(attn, x_pruned)
+        z_pruned = torch.cat(seen)
+    finally:
+        hook.remove()
+    st = _stats_of(z_pruned)
+    kept = keep_top(group_scores(st, sa.o_proj.weight, lay.groups, lay.q_per_group, lay.head_dim), plan.groups)
+    q, k, v, o = prune_attention(sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight, sa.o_proj.weight, kept, None,
+                                 q_per_group=lay.q_per_group, head_dim=lay.head_dim, refit_o=False)
+    if req.refit:
+        cols = torch.cat([torch.arange(int(g) * lay.q_per_group * lay.head_dim,
+                                       (int(g) + 1) * lay.q_per_group * lay.head_dim) for g in kept])
+        o = _solve(_cross(target, z_pruned), st, cols, req.ridge)
+    sa.q_proj, sa.k_proj, sa.v_proj, sa.o_proj = (_linear(w) for w in (q, k, v, o))
+    return {f"{p}.self_attn.{n}_proj.weight": getattr(sa, f"{n}_proj").weight.detach().clone() for n in "qkvo"}
