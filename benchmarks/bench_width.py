@@ -106,8 +106,9 @@ def main() -> None:
     ap.add_argument("--max-params", default="100M")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "width")
     args = ap.parse_args()
-    from data import write_splits
     from pydoc_data.topics import topics
+
+    from data import write_splits
     from transformers.utils import logging as hf_logging
 
     import darwin
@@ -142,7 +143,7 @@ def main() -> None:
     if args.curve:
         for size in (8000, 12000, 16000, 20000, 24000, 32000):
             folder = trimmed_to(smol, corpus, size, args.work / f"vocab-{size}")
-            record(f"vocab {size}", lambda: bpb(folder, held))
+            record(f"vocab {size}", lambda folder=folder: bpb(folder, held))
         plot_curve(results, base, args.work / "vocab_curve.png")
     if args.prune:
         trimmed = args.work / "trimmed"
