@@ -359,7 +359,7 @@ def sequential_prune(model: Any, windows: list[torch.Tensor], req: PruneRequest,
         p = f"model.layers.{i}"
         r_dense = x_dense + _chunks(attn, x_dense)
         if plan.groups < lay.groups:
-            out.update(_sequential_attention(layer, p, x_dense, x_pruned, attn, req, plan, lay))
+            out.update(_sequential_attention(layer, p, (x_dense, x_pruned), attn, (req, plan), lay))
         r_pruned = x_pruned + _chunks(attn, x_pruned)
         mlp = layer.mlp
         n_dense, n_pruned = layer.post_attention_layernorm(r_dense), layer.post_attention_layernorm(r_pruned)
@@ -379,11 +379,11 @@ def sequential_prune(model: Any, windows: list[torch.Tensor], req: PruneRequest,
     return out
 
 
-def _sequential_attention(layer: Any, p: str, x_dense: torch.Tensor, x_pruned: torch.Tensor, attn, req: PruneRequest,
-                          plan: WidthPlan, lay: Layout) -> dict[str, torch.Tensor]:
+def _sequential_attention(layer: Any, p: str, streams: tuple[torch.Tensor, torch.Tensor], attn,
+                          job: tuple[PruneRequest, WidthPlan], lay: Layout) -> dict[str, torch.Tensor]:
     """Cut layer ``p``'s attention to ``plan.groups`` groups in place, ``o_proj`` re-fitted so its
     output on the pruned stream matches the dense attention output on the dense stream."""
-    sa = layer.self_attn
+    sa, (x_dense, x_pruned), (req, plan) = layer.self_attn, streams, job
     if any(getattr(sa, f"{n}_proj").bias is not None for n in "qkvo"):
         raise CompatibilityError(f"{p}: sequential attention pruning handles attention without biases; "
                                  "use the one-shot re-fit (no --sequential)")
