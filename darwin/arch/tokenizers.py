@@ -68,6 +68,7 @@ class ChildVocab:
         eff_row: per parent, ``LongTensor[n_tokens]``: that parent's row id (0 where not used).
         source: the folder whose generation config and chat template the child takes.
         real: ``BoolTensor[n_tokens]``, True where a token has this id.
+        notes: one report line per ``tokens:`` rule applied.
     """
 
     tokenizer: Any
@@ -182,7 +183,8 @@ def union_tokenizer(base: Any, others: list[tuple[Any, int]]) -> Any:
     return out
 
 
-def build_child_vocab(models: list[str], folders: dict[str, Path], rows: dict[str, int], *, base: str | None,
+def build_child_vocab(models: list[str], folders: dict[str, Path], rows: dict[str, int], toks: dict[str, Any], *,
+                      base: str | None,
                       source: str, tokens: dict[str, TokenRule], pad_to_multiple_of: int | None) -> ChildVocab:
     """Build the child's tokenizer and every parent's row map.
 
@@ -190,6 +192,7 @@ def build_child_vocab(models: list[str], folders: dict[str, Path], rows: dict[st
         models: parent references (recipe order; the base first when there is one).
         folders: parent → checkpoint folder.
         rows: parent → embedding rows (its config's ``vocab_size``).
+        toks: parent → its loaded tokenizer (:func:`load_tokenizer`; not modified).
         base: the base model, or None (then the first model plays its part).
         source: ``union``, ``base``, a parent reference or a folder with a tokenizer.
         tokens: the recipe's ``tokens:`` rules.
@@ -200,7 +203,6 @@ def build_child_vocab(models: list[str], folders: dict[str, Path], rows: dict[st
             token that does not exist (the message names it).
     """
     first = base or models[0]
-    toks = {m: load_tokenizer(folders[m]) for m in models}
     for m in models:
         ghosts = ghost_tokens(toks[m], rows[m])
         if ghosts:
@@ -277,12 +279,10 @@ def _apply_rules(tokens: dict[str, TokenRule], vocab: dict[str, int], models: li
     return notes
 
 
-def vocabularies_agree(folders: dict[str, Path], rows: dict[str, int]) -> bool:
-    """True when every parent has the same token → id map (below its rows) and the same rows."""
+def vocabularies_agree(toks: dict[str, Any], rows: dict[str, int]) -> bool:
+    """True when every tokenizer has the same token → id map (below its model's rows) and the
+    models the same rows."""
     if len(set(rows.values())) > 1:
         return False
-    maps = []
-    for m, f in folders.items():
-        tok = load_tokenizer(f)
-        maps.append({t: i for t, i in tok.get_vocab().items() if i < rows[m]})
+    maps = [{t: i for t, i in tok.get_vocab().items() if i < rows[m]} for m, tok in toks.items()]
     return all(mp == maps[0] for mp in maps[1:])

@@ -2,7 +2,7 @@
 
 Forward passes only (``torch.no_grad``), with forward pre-hooks on every decoder layer's
 ``mlp.down_proj`` (the FFN activations ``h``) and ``self_attn.o_proj`` (the concatenated heads ``z``).
-Each batch's ``XᵀX`` is computed in float32 and added to a float64 accumulator.
+Each batch's ``XᵀX`` is computed in float32 and added to a float64 accumulator (:meth:`InputStats.of`).
 """
 
 from __future__ import annotations
@@ -48,15 +48,8 @@ def collect_stats(model: Any, windows: Iterable[torch.Tensor], *, roles: tuple[s
 
     def hook(role: str, i: int):
         def fn(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            g = (x.T @ x).double()
-            s = stats[role][i]
-            if s is None:
-                stats[role][i] = InputStats(g, x.double().sum(0), x.shape[0])
-            else:
-                s.gram += g
-                s.total += x.double().sum(0)
-                s.count += x.shape[0]
+            batch, s = InputStats.of(args[0]), stats[role][i]
+            stats[role][i] = batch if s is None else s.add(batch)
         return fn
 
     try:

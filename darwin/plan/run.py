@@ -23,6 +23,7 @@ from darwin.plan.execute import default_batch_bytes, execute, peak_bytes_estimat
 from darwin.plan.plan import MergePlan
 from darwin.plan.planner import build_plan
 from darwin.plan.recipe import Recipe, load_recipe
+from darwin.plan.vocab_plan import as_parent
 
 
 @dataclass
@@ -127,10 +128,8 @@ def plan_base(plan: MergePlan) -> str | None:
     if not isinstance(named, str):
         return None
 
-    def same(ref: str) -> bool:  # the same string, or the same local folder written two ways
-        a, b = Path(ref).expanduser(), Path(named).expanduser()
-        return ref == named or (a.exists() and b.exists() and a.resolve() == b.resolve())
-    return next((m for m in plan.models if same(m)), None)
+    found = as_parent(named, plan.models)  # the same string, or the same local folder written two ways
+    return found if found in plan.models else None
 
 
 def merge(recipe: Recipe | dict[str, Any] | str | os.PathLike | tuple[MergePlan, dict[str, Checkpoint]],

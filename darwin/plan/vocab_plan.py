@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from darwin.arch.tokenizers import ChildVocab, TokenRule, build_child_vocab, vocabularies_agree
+from darwin.arch.tokenizers import ChildVocab, TokenRule, build_child_vocab, load_tokenizer, vocabularies_agree
 from darwin.errors import CompatibilityError, DarwinWarning
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.extras import TOKENIZER_MARKERS, has_tokenizer
@@ -88,12 +88,13 @@ def plan_vocabulary(recipe: Recipe, checkpoints: dict[str, Checkpoint]) -> Child
     spec = recipe.tokenizer
     tokens = {t: _rule(e, models) for t, e in (spec.tokens or {}).items()} if spec is not None else {}
     pad = spec.pad_to_multiple_of if spec is not None else None
-    external = source not in ("base", "union") and source not in checkpoints
-    compare = dict(folders, **({"<tokenizer_source>": Path(source)} if external else {}))
-    compare_rows = dict(rows, **({"<tokenizer_source>": rows[donor]} if external else {}))
-    if not tokens and pad is None and vocabularies_agree(compare, compare_rows):
-        return None
-    return build_child_vocab(models, folders, rows, base=recipe.base_model, source=source, tokens=tokens,
+    toks = {m: load_tokenizer(folders[m]) for m in models}
+    if not tokens and pad is None:
+        external = source not in ("base", "union") and source not in checkpoints
+        extra = {"<tokenizer_source>": load_tokenizer(Path(source))} if external else {}
+        if vocabularies_agree({**toks, **extra}, {**rows, **({k: rows[donor] for k in extra})}):
+            return None
+    return build_child_vocab(models, folders, rows, toks, base=recipe.base_model, source=source, tokens=tokens,
                              pad_to_multiple_of=pad)
 
 

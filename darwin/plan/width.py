@@ -45,6 +45,20 @@ class InputStats:
     total: torch.Tensor
     count: int
 
+    @classmethod
+    def of(cls, x: torch.Tensor) -> InputStats:
+        """The statistics of inputs ``x`` ``[..., D]`` (any float dtype; Gram computed in float32,
+        kept in float64)."""
+        flat = x.detach().reshape(-1, x.shape[-1]).float()
+        return cls((flat.T @ flat).double(), flat.double().sum(0), flat.shape[0])
+
+    def add(self, other: InputStats) -> InputStats:
+        """Accumulate ``other`` into these statistics (in place); returns self."""
+        self.gram += other.gram
+        self.total += other.total
+        self.count += other.count
+        return self
+
     @property
     def mean(self) -> torch.Tensor:
         """``[D]`` float64 mean input."""
@@ -111,11 +125,20 @@ def refit(w: torch.Tensor, stats: InputStats, keep: torch.Tensor, ridge: float =
     Returns:
         ``[out, k]`` in ``w``'s dtype.
     """
-    g = stats.gram
-    gkk = g[keep][:, keep]
-    rhs = w.double() @ g[:, keep]  # [out, k]
-    sol = torch.linalg.solve(_ridge(gkk, ridge) if ridge > 0 else gkk, rhs.T).T
-    return sol.to(w.dtype)
+    return solve_refit(w.double() @ stats.gram, stats, keep, ridge).to(w.dtype)
+
+
+def solve_refit(cross: torch.Tensor, stats: InputStats, keep: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+    """``C[:, K] (G[K, K] + λI)⁻¹``: the least-squares map from the kept inputs to targets ``T`` given
+    their cross Gram ``C = Σ t xᵀ`` (``[out, D]``, float64) and the inputs' statistics. With
+    ``T = W X`` this is :func:`refit`; with dense targets and pruned inputs it is the sequential
+    re-fit.
+
+    Returns:
+        ``[out, k]`` float64.
+    """
+    gkk = stats.gram[keep][:, keep]
+    return torch.linalg.solve(_ridge(gkk, ridge) if ridge > 0 else gkk, cross[:, keep].T).T
 
 
 def prune_ffn(w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, keep: torch.Tensor,

@@ -38,6 +38,7 @@ from darwin.plan.width import (
     neuron_scores,
     prune_attention,
     prune_ffn,
+    solve_refit,
     widest_ffn,
 )
 
@@ -173,26 +174,39 @@ def _width_plan(req: PruneRequest, config: dict[str, Any], lay: Layout) -> Width
     return WidthPlan(ffn, groups)
 
 
-def _calibrate(req: PruneRequest, ck: Checkpoint, plan: WidthPlan, lay: Layout, progress: bool
-               ) -> tuple[dict[str, list[InputStats]], int]:
-    """(the statistics the plan needs, calibration tokens), from forward passes of the model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _windows(req: PruneRequest, ck: Checkpoint) -> list[torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    require_tokenizer(ck.path, "calibration tokenizes text and needs one")
+    return calibration_windows(AutoTokenizer.from_pretrained(ck.path), req.calibration, req.tokens, req.window)
+
+
+def _load_model(req: PruneRequest, ck: Checkpoint) -> Any:
+    from transformers import AutoModelForCausalLM
 
     from darwin.plan.execute import resolve_device
 
     dev = resolve_device(req.device)
-    require_tokenizer(ck.path, "calibration tokenizes text and needs one")
-    windows = calibration_windows(AutoTokenizer.from_pretrained(ck.path), req.calibration, req.tokens, req.window)
+    return AutoModelForCausalLM.from_pretrained(ck.path, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
+
+
+def _pruned_tensors(req: PruneRequest, ck: Checkpoint, plan: WidthPlan, lay: Layout, progress: bool
+                    ) -> tuple[dict[str, torch.Tensor], int]:
+    """(the new projection tensors by name, calibration tokens): one-shot from the dense model's
+    statistics, or layer by layer with ``req.sequential``."""
+    windows = _windows(req, ck)
+    if req.sequential:
+        return sequential_prune(_load_model(req, ck), windows, req, plan, lay), len(windows) * req.window
     roles = tuple(r for r, on in (("ffn", req.refit or req.score != "magnitude"), ("attn", plan.groups < lay.groups))
                   if on)
-    if not roles:
-        return {}, len(windows) * req.window
-    model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
-    with Progress(TextColumn("[bold]calibrating"), BarColumn(), MofNCompleteColumn(), disable=not progress,
-                  transient=True) as bar:
-        job = bar.add_task("calibrate", total=len(windows))
-        stats = collect_stats(model, windows, roles=roles, progress=lambda: bar.advance(job))
-    return stats, len(windows) * req.window
+    stats: dict[str, list[InputStats]] = {}
+    if roles:
+        model = _load_model(req, ck)
+        with Progress(TextColumn("[bold]calibrating"), BarColumn(), MofNCompleteColumn(), disable=not progress,
+                      transient=True) as bar:
+            job = bar.add_task("calibrate", total=len(windows))
+            stats = collect_stats(model, windows, roles=roles, progress=lambda: bar.advance(job))
+    return _oneshot(ck, stats, req, plan, lay), len(windows) * req.window
 
 
 def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False, progress: bool = True) -> PruneResult:
@@ -207,12 +221,7 @@ def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False,
     config = dict(ck.require_config())
     lay = _arch(config, ck)
     plan = _width_plan(req, config, lay)
-    if req.sequential:
-        tensors, n_tokens = _sequential_run(req, ck, plan, lay)
-        stats: dict[str, list[InputStats]] = {}
-    else:
-        tensors = None
-        stats, n_tokens = _calibrate(req, ck, plan, lay, progress)
+    tensors, n_tokens = _pruned_tensors(req, ck, plan, lay, progress)
     before, after = ck.num_parameters, llama_like_params(config, plan)
     new_cfg = {**config, "intermediate_size": plan.ffn, "num_attention_heads": plan.groups * lay.q_per_group,
                "num_key_value_heads": plan.groups, "head_dim": lay.head_dim}
@@ -222,10 +231,7 @@ def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False,
                "parameters_before": before, "parameters_after": after}
     with atomic_output_dir(out_dir, force=force) as tmp:
         tmp = Path(tmp)
-        if tensors is not None:
-            _write_tensors(ck, tmp, tensors)
-        else:
-            _write_pruned(ck, tmp, stats, req, plan, lay)
+        _write_tensors(ck, tmp, tensors)
         (tmp / "config.json").write_text(json.dumps(new_cfg, indent=2, sort_keys=True))
         copy_tokenizer_files(ck.path, tmp)
         copy_generation_config(ck.path, tmp)
@@ -237,27 +243,21 @@ def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False,
     return PruneResult(Path(out_dir).expanduser().resolve(), plan, before, after, n_tokens)
 
 
-def _write_pruned(ck: Checkpoint, folder: Path, stats: dict[str, list[InputStats]], req: PruneRequest,
-                  plan: WidthPlan, lay: Layout) -> None:
-    """Every tensor of ``ck``, the layers' projections cut to ``plan`` (biases of q/k/v follow their rows)."""
-    writer = ShardedWriter(folder, 5 * 10**9)
-    written: set[str] = set()
+def _oneshot(ck: Checkpoint, stats: dict[str, list[InputStats]], req: PruneRequest, plan: WidthPlan, lay: Layout
+             ) -> dict[str, torch.Tensor]:
+    """Every layer's projections cut to ``plan`` from the dense model's statistics (biases of q/k/v
+    follow their rows)."""
+    out: dict[str, torch.Tensor] = {}
     for i in range(lay.layers):
         p = f"model.layers.{i}"
         g, u, d = (ck.get(f"{p}.mlp.{n}_proj.weight") for n in ("gate", "up", "down"))
         ffn_stats = stats["ffn"][i] if "ffn" in stats else None
         keep = keep_top(neuron_scores(req.score, ffn_stats, d, g, u, req.ridge), plan.ffn)
-        layer = dict(zip((f"{p}.mlp.{n}_proj.weight" for n in ("gate", "up", "down")),
-                         prune_ffn(g, u, d, keep, ffn_stats, refit_down=req.refit, ridge=req.ridge)))
+        out.update(zip((f"{p}.mlp.{n}_proj.weight" for n in ("gate", "up", "down")),
+                       prune_ffn(g, u, d, keep, ffn_stats, refit_down=req.refit, ridge=req.ridge)))
         if plan.groups < lay.groups:
-            layer.update(_attention(ck, p, stats["attn"][i], req, plan, lay))
-        for name, t in layer.items():
-            writer.add(name, t)
-        written |= set(layer)
-    for n in ck.tensor_names:
-        if n not in written:
-            writer.add(n, ck.get(n))
-    writer.finish()
+            out.update(_attention(ck, p, stats["attn"][i], req, plan, lay))
+    return out
 
 
 def _attention(ck: Checkpoint, p: str, a: InputStats, req: PruneRequest, plan: WidthPlan, lay: Layout
@@ -285,19 +285,6 @@ def _write_tensors(ck: Checkpoint, folder: Path, tensors: dict[str, torch.Tensor
     writer.finish()
 
 
-def _sequential_run(req: PruneRequest, ck: Checkpoint, plan: WidthPlan, lay: Layout
-                    ) -> tuple[dict[str, torch.Tensor], int]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from darwin.plan.execute import resolve_device
-
-    require_tokenizer(ck.path, "calibration tokenizes text and needs one")
-    windows = calibration_windows(AutoTokenizer.from_pretrained(ck.path), req.calibration, req.tokens, req.window)
-    dev = resolve_device(req.device)
-    model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=torch.float32).to(dev).eval()  # type: ignore[arg-type]
-    return sequential_prune(model, windows, req, plan, lay), len(windows) * req.window
-
-
 def _chunks(fn, x: torch.Tensor, size: int = 8) -> torch.Tensor:
     return torch.cat([fn(x[i:i + size]) for i in range(0, x.shape[0], size)])
 
@@ -305,20 +292,6 @@ def _chunks(fn, x: torch.Tensor, size: int = 8) -> torch.Tensor:
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``Σ aᵀb`` over every token, float64: ``[Da, Db]``."""
     return (a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])).double()
-
-
-def _stats_of(x: torch.Tensor) -> InputStats:
-    flat = x.reshape(-1, x.shape[-1])
-    return InputStats(_cross(flat, flat), flat.double().sum(0), flat.shape[0])
-
-
-def _solve(cross: torch.Tensor, stats: InputStats, keep: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``C[:, K] (G[K, K] + λI)⁻¹``: the least-squares map from the kept inputs to the targets whose
-    cross Gram with the inputs is ``C``."""
-    gkk = stats.gram[keep][:, keep]
-    lam = ridge * float(torch.diagonal(gkk).mean().clamp(min=1e-12))
-    eye = torch.eye(len(keep), dtype=gkk.dtype)
-    return torch.linalg.solve(gkk + lam * eye, cross[:, keep].T).T.float()
 
 
 def _linear(weight: torch.Tensor) -> torch.nn.Linear:
@@ -366,10 +339,11 @@ def sequential_prune(model: Any, windows: list[torch.Tensor], req: PruneRequest,
         h_dense = mlp.act_fn(mlp.gate_proj(n_dense)) * mlp.up_proj(n_dense)
         h_pruned = mlp.act_fn(mlp.gate_proj(n_pruned)) * mlp.up_proj(n_pruned)
         target = mlp.down_proj(h_dense)
-        st = _stats_of(h_pruned)
+        st = InputStats.of(h_pruned)
         keep = keep_top(neuron_scores(req.score, st, mlp.down_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
                                       req.ridge), plan.ffn)
-        w_down = _solve(_cross(target, h_pruned), st, keep, req.ridge) if req.refit else mlp.down_proj.weight[:, keep]
+        w_down = (solve_refit(_cross(target, h_pruned), st, keep, req.ridge).float() if req.refit
+                  else mlp.down_proj.weight[:, keep])
         mlp.gate_proj, mlp.up_proj = _linear(mlp.gate_proj.weight[keep]), _linear(mlp.up_proj.weight[keep])
         mlp.down_proj = _linear(w_down)
         x_dense = r_dense + target
@@ -396,13 +370,13 @@ def _sequential_attention(layer: Any, p: str, streams: tuple[torch.Tensor, torch
         z_pruned = torch.cat(seen)
     finally:
         hook.remove()
-    st = _stats_of(z_pruned)
+    st = InputStats.of(z_pruned)
     kept = keep_top(group_scores(st, sa.o_proj.weight, lay.groups, lay.q_per_group, lay.head_dim), plan.groups)
     q, k, v, o = prune_attention(sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight, sa.o_proj.weight, kept, None,
                                  q_per_group=lay.q_per_group, head_dim=lay.head_dim, refit_o=False)
     if req.refit:
         cols = torch.cat([torch.arange(int(g) * lay.q_per_group * lay.head_dim,
                                        (int(g) + 1) * lay.q_per_group * lay.head_dim) for g in kept])
-        o = _solve(_cross(target, z_pruned), st, cols, req.ridge)
+        o = solve_refit(_cross(target, z_pruned), st, cols, req.ridge).float()
     sa.q_proj, sa.k_proj, sa.v_proj, sa.o_proj = (_linear(w) for w in (q, k, v, o))
     return {f"{p}.self_attn.{n}_proj.weight": getattr(sa, f"{n}_proj").weight.detach().clone() for n in "qkvo"}

@@ -16,6 +16,7 @@ import torch
 
 from darwin.errors import CompatibilityError
 from darwin.io.checkpoint import Checkpoint
+from darwin.io.extras import has_tokenizer
 from darwin.plan.execute import InvariantCache, execute, resolve_device
 from darwin.plan.plan import MergePlan
 
@@ -154,8 +155,7 @@ class ResidentModel:
         # transformers stubs type from_pretrained(...).to as a decorator wrapper (wants a model)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()  # type: ignore[arg-type]
         # a checkpoint without tokenizer files can still be scored by tokenizer-free fitnesses
-        has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-        self.tokenizer = AutoTokenizer.from_pretrained(path) if has_tok else None
+        self.tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
         self.state = self.model.state_dict(keep_vars=True)
         self._arch: str | None = None  # config of the current model once a plan has set it
         self.invariants = InvariantCache(keep_levels=keep_levels)
