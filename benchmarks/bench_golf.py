@@ -88,13 +88,9 @@ def main() -> None:
     tag = args.parents + ("-trim" if args.trim else "")
     corpus = None
     if args.trim:
-        from pydoc_data.topics import topics
+        from data import golf_corpus
 
-        held = {"assignment", "for", "if", "while", "with",  # the held-out prose (data.py)
-                "try", "class", "function", "import", "return"}  # the search prose
-        docs = args.work / "pydoc_train.txt"
-        docs.write_text("\n\n".join(v for k, v in sorted(topics.items()) if k not in held))
-        corpus = [str(data / "train_kjv.txt"), str(data / "train_code.txt"), str(docs)]
+        corpus = [str(p) for p in golf_corpus(data, args.work)]
     # search split: one 1024-token window each of KJV (Ruth 1-2), code (zipimport.py) and prose (Python-docs
     # topics that are neither held out nor ... used elsewhere), equally weighted
     prose = args.work / "search_prose.txt"

@@ -106,9 +106,7 @@ def main() -> None:
     ap.add_argument("--max-params", default="100M")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "width")
     args = ap.parse_args()
-    from pydoc_data.topics import topics
-
-    from data import write_splits
+    from data import golf_corpus, write_splits
     from transformers.utils import logging as hf_logging
 
     import darwin
@@ -123,10 +121,7 @@ def main() -> None:
     if not (data / "heldout_prose.txt").exists():
         write_splits(data)
     args.work.mkdir(parents=True, exist_ok=True)
-    held_out = {"assignment", "for", "if", "while", "with", "try", "class", "function", "import", "return"}
-    docs = args.work / "pydoc_train.txt"
-    docs.write_text("\n\n".join(v for k, v in sorted(topics.items()) if k not in held_out))
-    corpus = [data / "train_kjv.txt", data / "train_code.txt", docs]
+    corpus = golf_corpus(data, args.work)
     held = texts(data, args.work)
     res_path = args.work / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}

@@ -147,3 +147,17 @@ def write_humaneval_task(out: Path, limit: int | None = None) -> Path:
 if __name__ == "__main__":
     for k, v in write_splits(Path(sys.argv[1] if len(sys.argv) > 1 else "data")).items():
         print(f"{k:14s} {v} ({v.stat().st_size:,} bytes)")
+
+
+#: Python-docs topics the golf benchmarks hold out (held-out prose) or search on
+GOLF_HELD_TOPICS = ("assignment", "for", "if", "while", "with", "try", "class", "function", "import", "return")
+
+
+def golf_corpus(data: Path, work: Path) -> list[Path]:
+    """The golf benchmarks' trim and calibration corpus: KJV without Ruth, the stdlib training code,
+    and the Python-docs topics that are neither held out nor searched (written into ``work``)."""
+    from pydoc_data.topics import topics
+
+    docs = work / "pydoc_train.txt"
+    docs.write_text("\n\n".join(v for k, v in sorted(topics.items()) if k not in GOLF_HELD_TOPICS))
+    return [data / "train_kjv.txt", data / "train_code.txt", docs]
