@@ -103,7 +103,7 @@ def main() -> None:
     # darwin.golf trims the parents (with --trim) into run-<tag>-trimmed-<i> and evolves the golf genome
     run = darwin.golf(parents, args.work / f"run-{tag}", max_params=budget, min_context=1028, fitness=fitness,
                       population=args.population, generations=args.generations, seed=0, trim_corpus=corpus,
-                      device="cpu", force=True, progress=sys.stderr.isatty())
+                      device="cpu", force=True, progress=sys.stderr.isatty(), method="depth")
     search_s = time.perf_counter() - t0
     parents = json.loads((run.out_dir / "run.json").read_text())["parents"]  # the trimmed ones with --trim
 

@@ -3,7 +3,8 @@
 1. The vocabulary cost curve: bits per byte at full depth against the kept vocabulary (the most
    frequent tokens of the trim corpus, closed under BPE merges), on held-out text inside the trim
    corpus's domains (KJV Ruth 3-4, stdlib code, Python-docs prose) and outside them (the US
-   Constitution, Debian ``miscfiles``: prose from a source the corpus lacks).
+   Constitution, Debian ``miscfiles``: prose from a source the corpus lacks; ``apt-get install
+   miscfiles``, and the column is left out when the file is absent).
 2. Width pruning at < 100M parameters from the vocabulary-trimmed parent (``darwin prune``),
    uniform widths: FFN neurons by several scores, with and without the least-squares re-fit, and
    attention groups traded for FFN width.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,7 +60,9 @@ def bpb(folder: Path, held: dict[str, Path]) -> dict:
     out: dict = {"parameters": sum(p.numel() for p in model.parameters()), "vocab": model.config.vocab_size}
     for name, f in held.items():
         fit = BitsPerByteFitness([f], max_tokens=2048, window=1024, batch_size=1)
-        out[name] = round(fit.bits_per_byte(model, tok), 4)
+        total, count = fit.nll_sum(model, tok)
+        out[name] = round(total / math.log(2) / fit.predicted_bytes(tok), 4)
+        out[f"{name}_ce"] = round(total / count, 4)  # nats per token (only comparable within one vocabulary)
     return out
 
 
@@ -102,8 +106,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--curve", action="store_true", help="the vocabulary cost curve")
     ap.add_argument("--prune", action="store_true", help="width pruning variants at the budget")
+    ap.add_argument("--golf", action="store_true", help="the shipped one-command child: darwin golf (width) "
+                    "from SmolLM2-135M with the trim corpus")
+    ap.add_argument("--allocate", action="store_true", help="per-layer FFN widths (in memory, not shippable): "
+                    "uniform vs a sensitivity table solved by DP vs the level-switch search, by KL on calibration")
     ap.add_argument("--tokens", type=int, default=32768, help="calibration tokens")
     ap.add_argument("--max-params", default="100M")
+    ap.add_argument("--only", default="", help="run only the prune variants whose key contains one of these "
+                    "comma-separated strings (e.g. 'sequential,second_moment')")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "width")
     args = ap.parse_args()
     from data import golf_corpus, write_splits
@@ -152,6 +162,8 @@ def main() -> None:
                     ("second_moment", True, 2, True)]
         for score, refit, groups, seq in variants:
             key = f"prune {score} refit={refit} groups={groups or 3}" + (" sequential" if seq else "")
+            if args.only and not any(o in key for o in args.only.split(",")):
+                continue
             out = args.work / key.replace(" ", "_").replace("=", "")
 
             def run(score=score, refit=refit, groups=groups, seq=seq, out=out) -> dict:
@@ -160,7 +172,85 @@ def main() -> None:
                                  sequential=seq, progress=False, device="cpu")
                 return {"ffn": r.plan.ffn, "groups": r.plan.groups, **bpb(out, held)}
             record(key, run)
-    print(table(results, base))
+    if args.golf:
+        def golf_run() -> dict:  # trim-vocab + prune, the defaults of `darwin golf`
+            r = darwin.golf(smol, args.work / "golf", max_params=args.max_params, min_context=1028,
+                            trim_corpus=[str(c) for c in corpus], tokens=args.tokens, force=True, progress=False,
+                            device="cpu")
+            return {"ffn": r.pruned.plan.ffn, "groups": r.pruned.plan.groups,
+                    "context_checked": r.constraints["window_tokens"], **bpb(r.child_dir, held)}
+        record("darwin golf (width, one command)", golf_run)
+    if args.allocate:
+        trimmed = args.work / "trimmed"
+        if not (trimmed / "config.json").exists():
+            darwin.trim_vocab(smol, [str(c) for c in corpus], trimmed)
+        budget = parse_count(args.max_params, "max_params")
+        record("allocation", lambda: allocation(trimmed, corpus, held, budget, args.tokens))
+    print(table({k: v for k, v in results.items() if k != "allocation"}, base))
+    if "allocation" in results:
+        print(allocation_table(results["allocation"], base))
+
+
+def allocation(trimmed: Path, corpus: list[Path], held: dict[str, Path], budget: int, tokens: int) -> dict:
+    """Uniform vs DP vs level-switch search per-layer FFN widths at the same total width (the
+    uniform budget's), scored by KL on 2 calibration windows the statistics did not use, then on
+    the held-out texts (in memory: per-layer widths have no stock config)."""
+    import torch
+    from rich.progress import Progress
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin.diagnosis.calibrate import collect_stats
+    from darwin.fitness.perplexity import BitsPerByteFitness
+    from darwin.plan.allocate import dp_allocation, level_switch_search
+    from darwin.plan.width import widest_ffn
+    from darwin.search.allocate import FfnAllocator, Levels
+    from darwin.search.prune import calibration_windows
+
+    model = AutoModelForCausalLM.from_pretrained(trimmed, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(trimmed)
+    wins = calibration_windows(tok, [str(c) for c in corpus], tokens + 1024, 512)
+    stats = collect_stats(model, wins[:-2], roles=("ffn",))["ffn"]
+    cfg = json.loads((trimmed / "config.json").read_text())
+    L = cfg["num_hidden_layers"]
+    levels = Levels(widest_ffn(cfg, cfg["num_key_value_heads"], budget), step=64, span=4)
+    alloc = FfnAllocator(model, stats, wins[-2:], levels)
+    out: dict = {"uniform_ffn": levels.uniform, "step": levels.step, "span": levels.span}
+    with Progress() as bar:
+        t0 = time.perf_counter()
+        job = bar.add_task("sensitivity", total=L * (levels.top + 1))
+        sens = alloc.sensitivity(lambda: bar.advance(job))
+        out["sensitivity_seconds"] = round(time.perf_counter() - t0, 1)
+        plans = {"uniform": [levels.span] * L, "dp": dp_allocation(sens, L * levels.span)}
+        t0 = time.perf_counter()
+        job = bar.add_task("search", total=None)
+        res = level_switch_search(alloc.kl, plans["uniform"], levels.top, generations=16, offspring=6, seed=0,
+                                  progress=lambda: bar.advance(job))
+        out["search_seconds"], out["search_evaluations"] = round(time.perf_counter() - t0, 1), res.evaluations
+        plans["search"] = res.levels
+    for name, lv in plans.items():
+        assert sum(alloc.widths(lv)) == L * levels.uniform  # the same parameter count
+        row: dict = {"widths": alloc.widths(lv), "kl": round(alloc.kl(lv), 5)}
+        for text, f in held.items():
+            row[text] = round(BitsPerByteFitness([f], max_tokens=2048, window=1024, batch_size=1)
+                              .bits_per_byte(model, tok), 4)
+        out[name] = row
+    alloc.restore()
+    return out
+
+
+def allocation_table(res: dict, base: dict) -> str:
+    """Markdown: KL on calibration and held-out bits per byte per allocation."""
+    names = [t for t in TEXTS if t in base]
+    rows = ["| allocation (FFN widths per layer) | KL (nats/token) | " + " | ".join(names) + " | mean in-corpus |",
+            "|---" * (len(names) + 3) + "|"]
+    for key in ("uniform", "dp", "search"):
+        r = res[key]
+        rel = [r[n] / base[n] - 1 for n in names]
+        inside = sum(r[n] / base[n] - 1 for n in ("kjv", "code", "prose")) / 3
+        w = r["widths"]
+        rows.append(f"| {key} ({min(w)}–{max(w)}) | {r['kl']:.5f} | " + " | ".join(f"{x:+.1%}" for x in rel)
+                    + f" | {inside:+.1%} |")
+    return "\n".join(rows)
 
 
 def table(results: dict, base: dict) -> str:

@@ -22,6 +22,7 @@ from darwin.plan.trim import TrimResult, trim_vocab
 
 if TYPE_CHECKING:
     from darwin.search.evolve import EvolveResult
+    from darwin.search.golf import WidthGolfResult
 
 __all__ = ["merge", "evolve", "golf", "trim_vocab", "prune", "crossover", "mri", "MergeResult", "TrimResult"]
 
@@ -169,8 +170,13 @@ def golf(models: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str |
          max_params: int | str = "100M", min_context: int = 1028, text: Sequence[str | os.PathLike] | None = None,
          fitness: list[dict[str, Any]] | None = None, population: int = 8, generations: int = 6, seed: int = 0,
          trim_corpus: Sequence[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
-         force: bool = False, progress: bool = True) -> EvolveResult:
+         force: bool = False, progress: bool = True, method: str = "width",
+         calibration: Sequence[str | os.PathLike] | None = None, score: str = "second_moment",
+         sequential: bool = False, tokens: int = 32768) -> EvolveResult | WidthGolfResult:
     """Cut one model (or two of one family) to a parameter budget without training (``darwin golf``).
+
+    ``method="width"`` (the default, best measured) prunes one model's FFN and attention widths
+    with least-squares re-fits; ``method="depth"`` evolves which layers to keep, drop or collapse.
 
     Args:
         models: one parent, or two of one family (folders or hub ids).
@@ -180,13 +186,18 @@ def golf(models: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str |
         text: files or folders of the bits-per-byte fitness (default: the shipped probe prompts).
         fitness: ``fitness:`` entries (``parents.yaml`` schema) replacing that fitness.
         population, generations, seed: CMA-ES budget and seed.
-        trim_corpus: width operator (off by default): first keep only the tokens these texts use,
-            into ``<out_dir>-trimmed-<i>``.
+        trim_corpus: vocabulary trimming (off by default): first keep only the tokens these texts
+            use, into ``<out_dir>-trimmed-<i>``.
         device: search device.
         resume, force, progress: as for :func:`evolve`.
+        method: ``width`` or ``depth``.
+        calibration: width: the statistics text (default: ``trim_corpus``, else ``text``, else
+            the shipped probe prompts); never the text you evaluate on.
+        score, sequential, tokens: width: neuron score, layer-by-layer re-fits, calibration tokens.
 
     Returns:
-        a :class:`darwin.search.evolve.EvolveResult` (``constraints``: the saved child measured).
+        width: a :class:`darwin.search.golf.WidthGolfResult`; depth: a
+        :class:`darwin.search.evolve.EvolveResult` (``constraints``: the saved child measured).
 
     Raises:
         RecipeError, CheckpointError, CompatibilityError, OutputExistsError, DarwinError.
@@ -202,7 +213,8 @@ def golf(models: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str |
     fields = {"models": [str(m) for m in names], "max_params": max_params, "min_context": min_context,
               "text": paths(text), "fitness": fitness, "population": population,
               "generations": generations, "seed": seed, "device": device,
-              "trim_corpus": paths(trim_corpus)}
+              "trim_corpus": paths(trim_corpus), "method": method, "calibration": paths(calibration),
+              "score": score, "sequential": sequential, "tokens": tokens}
     try:
         req = GolfRequest.model_validate(fields)
     except ValidationError as e:

@@ -195,41 +195,62 @@ def _print_run(res) -> None:
 
 @app.command()
 def golf(
-    models: list[str] = typer.Argument(..., help="One parent, or two of one family (folders or hub ids)."),
+    models: list[str] = typer.Argument(..., help="One parent (width), or one or two of one family (depth): "
+                                       "folders or hub ids."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder (the child is OUTPUT/child)."),
     max_params: str = typer.Option("100M", "--max-params",
                                    help="Parameter budget (tied embeddings once): 100M, 99_500_000…"),
     min_context: int = typer.Option(1028, "--min-context", help="Minimum context window, checked on the saved child."),
-    text: Optional[list[Path]] = typer.Option(None, "--text", help="Text file or folder for the bits-per-byte fitness "
-                                              "(default: the MRI probe prompts); repeat the flag for more "
-                                              "(--text a.txt --text b.txt)."),
-    population: int = typer.Option(8, "--population"),
-    generations: int = typer.Option(6, "--generations"),
-    seed: int = typer.Option(0, "--seed"),
-    trim_corpus: Optional[list[Path]] = typer.Option(None, "--trim-corpus", help="Width operator (off by default): "
-                                                     "first keep only the tokens these texts use (darwin "
-                                                     "trim-vocab; repeat the flag for more files), into "
-                                                     "OUTPUT-trimmed-<i> (refused if it exists, unless --force)."),
-    device: str = typer.Option("auto", help="Search device."),
+    method: str = typer.Option("width", "--method", help="width: prune FFN neurons / attention groups with "
+                               "least-squares re-fits (best measured); depth: evolve which layers to keep, drop "
+                               "or collapse."),
+    trim_corpus: Optional[list[Path]] = typer.Option(None, "--trim-corpus", help="First keep only the tokens these "
+                                                     "texts use (darwin trim-vocab; repeat the flag for more "
+                                                     "files), into OUTPUT-trimmed-<i> (refused if it exists, "
+                                                     "unless --force)."),
+    calibration: Optional[list[Path]] = typer.Option(None, "--calibration", help="width: text for the statistics "
+                                                     "(default: --trim-corpus, else --text, else the probe "
+                                                     "prompts); never your evaluation text."),
+    score: str = typer.Option("second_moment", "--score", help="width: second_moment, flap, leverage, obs or "
+                              "magnitude."),
+    sequential: bool = typer.Option(False, "--sequential", help="width: re-fit layer by layer on the pruned "
+                                    "prefix's inputs."),
+    tokens: int = typer.Option(32768, "--tokens", help="width: calibration tokens."),
+    text: Optional[list[Path]] = typer.Option(None, "--text", help="depth: text file or folder for the bits-per-byte "
+                                              "fitness (default: the MRI probe prompts); repeat the flag for "
+                                              "more (--text a.txt --text b.txt)."),
+    population: int = typer.Option(8, "--population", help="depth: CMA-ES population."),
+    generations: int = typer.Option(6, "--generations", help="depth: CMA-ES generations."),
+    seed: int = typer.Option(0, "--seed", help="depth: search seed."),
+    device: str = typer.Option("auto", help="Search / calibration device."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUTPUT."),
     force: bool = typer.Option(False, "--force", help="Restart from scratch if OUTPUT holds a run."),
 ) -> None:
-    """Cut MODEL to a parameter budget with no training: keep, drop and collapse layers (genome golf)."""
+    """Cut MODEL to a parameter budget with no training: width pruning (default) or a depth search."""
     from darwin.api import golf as run_golf
+    from darwin.search.golf import WidthGolfResult
 
     if len(models) > 2:
-        _fail(DarwinError(f"golf takes one model or two, got {len(models)}: {' '.join(models)} (--text and "
-                          "--trim-corpus take one path per flag; repeat the flag for more)"))
+        _fail(DarwinError(f"golf takes one model or two, got {len(models)}: {' '.join(models)} (--text, "
+                          "--calibration and --trim-corpus take one path per flag; repeat the flag for more)"))
     _quiet_transformers()
     try:
         res = run_golf(models, output, max_params=max_params, min_context=min_context, text=text,
                        population=population, generations=generations, seed=seed, trim_corpus=trim_corpus,
-                       device=device, resume=resume, force=force, progress=True)
+                       device=device, resume=resume, force=force, progress=True, method=method,
+                       calibration=calibration, score=score, sequential=sequential, tokens=tokens)
     except DarwinError as e:
         _fail(e)
     except KeyboardInterrupt:
         _interrupted(output)
-    _print_run(res)
+    if isinstance(res, WidthGolfResult):
+        c, p = res.constraints, res.pruned
+        out.print(f"child: {res.child_dir}\n  FFN {p.plan.ffn} neurons, {p.plan.groups} attention groups per layer; "
+                  f"parameters {res.parameters_original:,} → {c['parameters']:,} (budget {c['max_params']:,}); "
+                  f"context {c['context']} (a {c.get('window_tokens')}-token window scored); "
+                  f"{res.seconds:.0f} s\nrun folder: {res.out_dir} (golf.json)", highlight=False)
+    else:
+        _print_run(res)
 
 
 @app.command()

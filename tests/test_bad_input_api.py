@@ -57,14 +57,14 @@ def test_failed_golf_restart_keeps_the_previous_trimmed_parent(demo, tmp_path):
     corpus.write_text("the quick brown fox jumps over the lazy dog " * 20)
     out = tmp_path / "golf"
     darwin.golf(demo["parent_a"], out, max_params="45K", min_context=200, population=2, generations=1,
-                trim_corpus=corpus, progress=False)  # one path, not a list: accepted as one file
+                trim_corpus=corpus, progress=False, method="depth")  # one path, not a list: accepted as one file
     trimmed = tmp_path / "golf-trimmed-0"
     before = (trimmed / "tokenizer.json").read_bytes()
     other = tmp_path / "other.txt"
     other.write_text("zebra xylophone quartz " * 20)
     with pytest.raises(RecipeError, match="min_context"):
         darwin.golf(demo["parent_a"], out, max_params="45K", min_context=100_000, population=2, generations=1,
-                    trim_corpus=[other], force=True, progress=False)
+                    trim_corpus=[other], force=True, progress=False, method="depth")
     assert (trimmed / "tokenizer.json").read_bytes() == before  # restored, not replaced
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".golf-trimmed")]
 

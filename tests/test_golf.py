@@ -105,7 +105,7 @@ def test_tiny_golf_run_meets_budget_loads_and_generates(demo, tmp_path):
     budget = br.fixed_params + 2 * br.layer_params[0] + 10  # 2 of 4 layers fit
     darwin_cli = Path(sys.executable).with_name("darwin")
     p = subprocess.run([darwin_cli, "golf", demo["parent_a"], demo["parent_b"], "-o", tmp_path / "run",
-                        "--max-params", str(budget), "--min-context", "200", "--population", "4",
+                        "--max-params", str(budget), "--min-context", "200", "--population", "4", "--method", "depth",
                         "--generations", "2"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     child = tmp_path / "run" / "child"
@@ -159,7 +159,8 @@ def test_trim_corpus_folder_is_not_overwritten_and_outputs_cannot_replace_parent
                         "--min-context", "200", "--trim-corpus", tmp_path / "c.txt"], capture_output=True, text=True)
     assert p.returncode == 2 and "exists" in p.stderr and (keep / "precious.txt").read_text() == "x"
     p = subprocess.run([darwin_cli, "golf", demo["parent_a"], "-o", tmp_path / "h", "--max-params", "10K",
-                        "--min-context", "200", "--trim-corpus", tmp_path / "c.txt"], capture_output=True, text=True)
+                        "--min-context", "200", "--trim-corpus", tmp_path / "c.txt", "--method", "depth"],
+                       capture_output=True, text=True)
     assert p.returncode == 2 and "cannot fit" in p.stderr
     assert not (tmp_path / "h-trimmed-0").exists() and not (tmp_path / "h").exists()
     import shutil
@@ -177,3 +178,44 @@ def test_trim_corpus_folder_is_not_overwritten_and_outputs_cannot_replace_parent
     with pytest.raises(DarwinError, match="no text files|no tokens|contain no text"):
         trim_vocab(tmp_path / "pa", [tmp_path / "empty.txt"], tmp_path / "t")
     assert (tmp_path / "pa" / "model.safetensors").exists() and not (tmp_path / "t").exists()
+
+
+def test_width_golf_is_one_command_meets_the_budget_and_writes_a_contest_card(demo, tmp_path):
+    """`darwin golf` (method width, the default): trim the vocabulary, prune to the widest uniform FFN
+    under the budget with re-fits, verify the saved child, and state size, context, method,
+    calibration data, licence and lineage on its card."""
+    from pydoc_data.topics import topics
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(" ".join(topics[k] for k in sorted(topics)[:30]))
+    full = _loaded_count(demo["parent_a"])
+    budget = int(full * 0.8)
+    darwin_cli = Path(sys.executable).with_name("darwin")
+    base = [darwin_cli, "golf", demo["parent_a"], "--max-params", str(budget), "--min-context", "200",
+            "--trim-corpus", corpus, "--tokens", "1024"]
+    p = subprocess.run([*base, "-o", tmp_path / "run"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    child = tmp_path / "run" / "child"
+    model = AutoModelForCausalLM.from_pretrained(child).eval()
+    n = sum(q.numel() for q in model.parameters())
+    parent_cfg, cfg = read_config(demo["parent_a"]), read_config(child)
+    assert n <= budget < full and cfg["intermediate_size"] < parent_cfg["intermediate_size"]
+    assert cfg["num_hidden_layers"] == parent_cfg["num_hidden_layers"]  # width, not depth
+    run = json.loads((tmp_path / "run" / "golf.json").read_text())
+    assert run["constraints"]["parameters"] == n and run["constraints"]["window_tokens"] == 200
+    assert run["parameters_original"] == full and run["ffn"] == cfg["intermediate_size"]
+    card = (child / "README.md").read_text()
+    for needle in (f"**{n:,}**", "golf-width", "context: 256 positions", "licence", "calibration data: 1,024 tokens",
+                   "`c.txt`", "## Lineage", "trim-vocab", f"the original model, {full:,} parameters"):
+        assert needle in card, needle
+    assert json.loads((child / "lineage.json").read_text())["method"] == "golf-width"
+    assert f"{full:,} → {n:,}" in " ".join(p.stdout.split())
+    # the same model twice is not width golf; an unreachable context leaves nothing behind
+    p = subprocess.run([darwin_cli, "golf", demo["parent_a"], demo["parent_b"], "-o", tmp_path / "two"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--method depth" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([*base[:6], "100000", *base[7:], "-o", tmp_path / "ctx"], capture_output=True, text=True)
+    assert p.returncode == 2 and "context window of 256" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "ctx").exists() and not (tmp_path / "ctx-trimmed-0").exists()
+    p = subprocess.run([*base, "-o", tmp_path / "run"], capture_output=True, text=True)
+    assert p.returncode == 2 and "exists" in p.stderr  # no silent overwrite

@@ -226,7 +226,7 @@ def test_golf_function_writes_a_checked_child_that_replays(demo, tmp_path):
     """darwin.golf (what `darwin golf` calls; its CLI run is in test_golf.py): a child under the budget,
     measured from its files, whose recipe replays through darwin.merge bit for bit."""
     res = darwin.golf(demo["parent_a"], tmp_path / "api", max_params="45K", min_context=200, population=2,
-                      generations=1, progress=False)
+                      generations=1, progress=False, method="depth")
     assert res.constraints["parameters"] <= 45_000 and res.constraints["params_ok"]
     assert res.child_dir == tmp_path / "api" / "child"
     a = load_file(str(res.child_dir / "model.safetensors"))

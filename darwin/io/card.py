@@ -26,7 +26,7 @@ def shown(ref: str) -> str:
 
 def write_model_card(folder: Path, *, parents: list[str], method: str, parameters: dict[str, Any],
                      num_parameters: int, dtype: str, extra_sections: list[str] | None = None,
-                     base: str | None = None) -> Path:
+                     base: str | None = None, title: str = "Merged model") -> Path:
     """Write ``folder/README.md`` with a YAML header (tags, base models) and the merge details.
 
     The header's ``base_model`` holds only hub ids (parents and base); local folders appear in the
@@ -41,6 +41,7 @@ def write_model_card(folder: Path, *, parents: list[str], method: str, parameter
         num_parameters: stored element count of the child.
         dtype: storage dtype name.
         extra_sections: further markdown sections (fitness tables, lineage…).
+        title: the card's heading.
 
     Returns:
         the card path.
@@ -50,7 +51,7 @@ def write_model_card(folder: Path, *, parents: list[str], method: str, parameter
     if hub:
         header["base_model"] = hub
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
-             "# Merged model", "",
+             f"# {title}", "",
              f"Made with [darwin](https://github.com/darwin-merge/darwin) using **{method}**.", "",
              "## Parents", ""]
     lines += [f"- {shown(p)}" for p in parents]

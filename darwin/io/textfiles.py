@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from darwin.errors import DarwinError
@@ -10,7 +11,7 @@ from darwin.errors import DarwinError
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json", ".jsonl", ".csv", ".tex", ".html")
 
 
-def collect_files(paths: list[str | os.PathLike], what: str = "perplexity fitness") -> list[Path]:
+def collect_files(paths: Sequence[str | os.PathLike], what: str = "perplexity fitness") -> list[Path]:
     """Expand files and folders (recursively, text suffixes only), sorted, deduplicated.
 
     Args:

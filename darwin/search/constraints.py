@@ -27,8 +27,9 @@ from darwin.io.extras import require_tokenizer
 from darwin.plan.plan import MergePlan
 
 
-def _window_text(cfg) -> str:
-    """Text for the context check: the perplexity / bits-per-byte fitness files, else the probes."""
+def window_text(cfg) -> str:
+    """Text for the context check of an evolve run: its perplexity / bits-per-byte fitness files,
+    else the probes."""
     from darwin.diagnosis.probe import load_probes
     from darwin.io.textfiles import collect_files
 
@@ -40,8 +41,14 @@ def _window_text(cfg) -> str:
 
 
 @torch.no_grad()
-def verify_child(folder: Path, constraints, cfg) -> dict[str, Any]:
+def verify_child(folder: Path, constraints, text: str) -> dict[str, Any]:
     """Measure the saved child against the constraints.
+
+    Args:
+        folder: the written child.
+        constraints: ``max_params`` / ``min_context`` (:class:`darwin.search.config.Constraints`).
+        text: the text of the context check (repeated to fill ``min_context`` tokens; see
+            :func:`window_text`).
 
     Returns:
         ``{"parameters", "max_params", "params_ok", "context", "min_context", "context_ok",
@@ -64,7 +71,6 @@ def verify_child(folder: Path, constraints, cfg) -> dict[str, Any]:
     if constraints.min_context is not None:
         L = constraints.min_context
         tok = AutoTokenizer.from_pretrained(folder)
-        text = _window_text(cfg)
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
         while ids.numel() < L:  # short texts are repeated to fill the window
             ids = torch.cat([ids, ids])

@@ -8,18 +8,28 @@ is verified from its files (:func:`darwin.search.constraints.verify_child`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from darwin.errors import OutputExistsError
+from darwin.arch.config import context_length
+from darwin.diagnosis.probe import shipped_probe_dir
+from darwin.errors import OutputExistsError, RecipeError
+from darwin.io.card import shown
+from darwin.io.checkpoint import Checkpoint
+from darwin.io.textfiles import collect_files
+from darwin.io.writer import atomic_output_dir, check_output_dir
 from darwin.io.yamlfile import absolute_if_local
-from darwin.search.config import parse_count
+from darwin.search.config import Constraints, parse_count
+from darwin.search.constraints import constraint_card, verify_child
 from darwin.search.evolve import EvolveOptions, EvolveResult, evolve
+from darwin.search.prune import PruneRequest, PruneResult, prune
 
 
 class GolfRequest(BaseModel):
@@ -34,8 +44,14 @@ class GolfRequest(BaseModel):
         fitness: ``fitness:`` entries of ``parents.yaml`` replacing the bits-per-byte fitness on
             ``text`` (e.g. one equally weighted entry per domain).
         population, generations, seed: the CMA-ES budget and seed.
-        trim_corpus: texts whose tokens are kept (the width operator; None: off).
+        trim_corpus: texts whose tokens are kept (vocabulary trimming; None: off).
         device: search device (``auto``, ``cpu``, ``cuda:N``).
+        method: ``width`` (one model: uniform width pruning with re-fits) or ``depth`` (the golf
+            genome's CMA-ES search, one or two models).
+        calibration: width only: the statistics text (None: ``trim_corpus``, else ``text``, else
+            the shipped probe prompts); never the text a report holds out.
+        score, sequential, tokens: width only: the neuron score, layer-by-layer re-fits, and
+            the calibration tokens (:class:`darwin.search.prune.PruneRequest`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -49,6 +65,11 @@ class GolfRequest(BaseModel):
     seed: int = 0
     trim_corpus: Optional[list[str]] = None
     device: str = "auto"
+    method: Literal["width", "depth"] = "width"
+    calibration: Optional[list[str]] = None
+    score: str = "second_moment"
+    sequential: bool = False
+    tokens: int = Field(default=32768, ge=64)
 
     @field_validator("models")
     @classmethod
@@ -78,8 +99,6 @@ class GolfRequest(BaseModel):
 
 def golf_config(req: GolfRequest, parents: list[str]) -> dict[str, Any]:
     """The ``parents.yaml`` of a golf run over ``parents`` (the trimmed ones when trimming)."""
-    from darwin.diagnosis.probe import shipped_probe_dir
-
     files = list(req.text) if req.text else [str(shipped_probe_dir())]
     fitness = req.fitness if req.fitness is not None else [
         {"bits_per_byte": {"files": files, "max_tokens": 2048, "window": 1024}}]
@@ -156,8 +175,13 @@ def remove_folders(folders: list[Path]) -> None:
         shutil.rmtree(f, ignore_errors=True)
 
 
-def golf(req: GolfRequest, out_dir: str | Path, options: EvolveOptions | None = None) -> EvolveResult:
+def golf(req: GolfRequest, out_dir: str | Path, options: EvolveOptions | None = None
+         ) -> EvolveResult | WidthGolfResult:
     """Run model golf (see module doc); the child is ``OUT/child``.
+
+    Returns:
+        ``width``: a :class:`WidthGolfResult`; ``depth``: the search's
+        :class:`darwin.search.evolve.EvolveResult`.
 
     Raises:
         RecipeError, CheckpointError, CompatibilityError, OutputExistsError, DarwinError: bad input,
@@ -165,6 +189,8 @@ def golf(req: GolfRequest, out_dir: str | Path, options: EvolveOptions | None = 
     """
     opts = options or EvolveOptions()
     out = Path(out_dir)
+    if req.method == "width":
+        return width_golf(req, out, opts)
     trimmed = (trimmed_parents(req, out, resume=opts.resume, force=opts.force) if req.trim_corpus
                else TrimmedParents(parents=[absolute_if_local(m) for m in req.models]))
     history = out / "history.jsonl"
@@ -188,3 +214,92 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class WidthGolfResult:
+    """A ``width`` golf run.
+
+    Attributes:
+        out_dir: the run folder (``golf.json``: the request, the widths and the checks).
+        child_dir: the child (``out_dir/child``).
+        pruned: what :func:`darwin.search.prune.prune` did (widths, parameters before and after).
+        constraints: the saved child measured (:func:`darwin.search.constraints.verify_child`).
+        parent: the pruned model (the vocabulary-trimmed parent when trimming).
+        parameters_original: the original model's parameters (tied embeddings once).
+        seconds: wall time of the run.
+    """
+
+    out_dir: Path
+    child_dir: Path
+    pruned: PruneResult
+    constraints: dict[str, Any]
+    parent: str
+    parameters_original: int
+    seconds: float
+
+
+def width_golf(req: GolfRequest, out: Path, opts: EvolveOptions) -> WidthGolfResult:
+    """Trim the vocabulary (optional), then prune to the widest uniform widths under the budget.
+
+    The run folder is written atomically; with ``resume`` a trimmed parent of the run is reused.
+
+    Raises:
+        RecipeError: two models, an unknown score, or a context shorter than ``min_context``;
+            OutputExistsError: ``out`` exists without
+            ``force`` / ``resume``; DarwinError: the child misses a constraint (nothing put in place).
+    """
+    if len(req.models) != 1:
+        raise RecipeError(f"golf method width prunes one model, got {len(req.models)}; give one, or "
+                          "method depth (--method depth) to breed two")
+    check_output_dir(out, force=opts.force or opts.resume)
+    start = time.perf_counter()
+    first = Checkpoint(req.models[0])
+    original, ctx = first.num_parameters, context_length(dict(first.require_config()))
+    first.close()
+    if ctx is not None and ctx < req.min_context:
+        raise RecipeError(f"min_context = {req.min_context}, but {req.models[0]} has a context window of {ctx} "
+                          "(max_position_embeddings); pruning cannot lengthen it")
+    trimmed = (trimmed_parents(req, out, resume=opts.resume, force=opts.force) if req.trim_corpus
+               else TrimmedParents(parents=[absolute_if_local(m) for m in req.models]))
+    parent = trimmed.parents[0]
+    calibration = req.calibration or req.trim_corpus or req.text or [str(shipped_probe_dir())]
+    preq = PruneRequest(model=parent, calibration=calibration, max_params=req.max_params, score=req.score,
+                        sequential=req.sequential, tokens=req.tokens, window=min(512, ctx or 512), device=req.device)
+    limits = Constraints(max_params=req.max_params, min_context=req.min_context)
+    text = "\n\n".join(p.read_text(errors="replace") for p in collect_files(calibration, "calibration"))
+    report: dict[str, Any] = {}
+
+    def check(folder: Path) -> list[str]:
+        report.update(verify_child(folder, limits, text))
+        return [constraint_card(report, Path(parent)), lineage_card(req, parent, original)]
+
+    try:
+        with atomic_output_dir(out, force=True) as tmp:
+            pruned = prune(preq, tmp / "child", progress=opts.progress, check=check, method="golf-width")
+            (tmp / "golf.json").write_text(json.dumps(
+                {"request": req.model_dump(), "parent": parent, "ffn": pruned.plan.ffn, "groups": pruned.plan.groups,
+                 "parameters_original": original, "parameters_pruned_parent": pruned.parameters_before,
+                 "constraints": report,
+                 "seconds": round(time.perf_counter() - start, 1)}, indent=1))
+    except BaseException:
+        trimmed.undo()
+        raise
+    trimmed.commit()
+    pruned.out_dir = out.resolve() / "child"
+    return WidthGolfResult(out.resolve(), out.resolve() / "child", pruned, report, parent, original,
+                           time.perf_counter() - start)
+
+
+def lineage_card(req: GolfRequest, parent: str, original: int) -> str:
+    """Model-card section: the chain from the original model to this child."""
+    lines = ["## Lineage", "", f"1. {shown(req.models[0])}: the original model, {original:,} parameters"]
+    lineage = Path(parent) / "lineage.json"
+    if req.trim_corpus and lineage.exists():
+        t = json.loads(lineage.read_text())
+        lines.append(f"2. `darwin trim-vocab`: vocabulary {t['vocab_before']:,} → {t['vocab_after']:,} "
+                     f"tokens, kept by their use in {', '.join(f'`{Path(c).name}`' for c in req.trim_corpus)}")
+    lines.append(f"{len(lines) - 1}. `darwin prune` ({req.score}, least-squares re-fit"
+                 f"{', sequential' if req.sequential else ''}): the widest uniform FFN under "
+                 f"{req.max_params:,} parameters; this child")
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ from darwin.kernels.masks import COUNTER
 from darwin.plan.execute import execute
 from darwin.plan.plan import MergePlan
 from darwin.plan.run import write_card, write_child
-from darwin.search.constraints import constraint_card, verify_child
+from darwin.search.constraints import constraint_card, verify_child, window_text
 from darwin.search.context import RunContext
 from darwin.search.evaluator import Evaluator
 from darwin.search.report import summary_table
@@ -123,7 +123,7 @@ def write_child_folder(ctx: RunContext, plan: MergePlan, sections: list[str], li
         write_child(plan, execute(plan, ctx.checkpoints, device=ctx.cfg.device), tmp, ctx.checkpoints,
                     max_shard_bytes=CHILD_SHARD_BYTES, card_sections=sections)
         if c.max_params is not None or c.min_context is not None:
-            report = verify_child(Path(tmp), c, ctx.cfg)
+            report = verify_child(Path(tmp), c, window_text(ctx.cfg))
             write_json_atomic(ctx.out / "constraints.json", report)
             write_card(plan, Path(tmp), [constraint_card(report, ctx.checkpoints[ctx.breeder.a].path), *sections])
         (Path(tmp) / "lineage.json").write_text(json.dumps(lineage, indent=1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -209,8 +210,17 @@ def _pruned_tensors(req: PruneRequest, ck: Checkpoint, plan: WidthPlan, lay: Lay
     return _oneshot(ck, stats, req, plan, lay), len(windows) * req.window
 
 
-def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False, progress: bool = True) -> PruneResult:
+def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False, progress: bool = True,
+          check: Callable[[Path], list[str]] | None = None, method: str = "width-prune") -> PruneResult:
     """Cut ``req.model`` to uniform widths and write the child into ``out_dir`` (atomically).
+
+    Args:
+        req: the request; out_dir: the child folder; force: replace an existing one.
+        progress: show a progress bar for the calibration passes.
+        check: called with the complete temporary child folder (weights, config, tokenizer) before
+            the card is written and the folder put in place; returns further card sections, or
+            raises to keep the child from being put in place (``darwin golf``'s constraint check).
+        method: the method name on the card and in ``lineage.json``.
 
     Raises:
         RecipeError, CheckpointError, CompatibilityError, OutputExistsError: bad input, named.
@@ -235,12 +245,24 @@ def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False,
         (tmp / "config.json").write_text(json.dumps(new_cfg, indent=2, sort_keys=True))
         copy_tokenizer_files(ck.path, tmp)
         copy_generation_config(ck.path, tmp)
-        write_model_card(tmp, parents=[req.model], method="width-prune", parameters=details, num_parameters=after,
-                         dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"))
-        (tmp / "lineage.json").write_text(json.dumps({"model": "child", "method": "width-prune", **details,
+        sections = [_calibration_card(req, n_tokens), *(check(tmp) if check else [])]
+        write_model_card(tmp, parents=[req.model], method=method, parameters=details, num_parameters=after,
+                         dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
+                         extra_sections=sections, title="Pruned model")
+        (tmp / "lineage.json").write_text(json.dumps({"model": "child", "method": method, **details,
                                                       "parents": [{"model": str(req.model)}]}, indent=1))
     ck.close()
     return PruneResult(Path(out_dir).expanduser().resolve(), plan, before, after, n_tokens)
+
+
+def _calibration_card(req: PruneRequest, n_tokens: int) -> str:
+    """Model-card section: how the widths were chosen and what text calibrated them."""
+    files = ", ".join(f"`{Path(c).name}`" for c in req.calibration)
+    how = "layer by layer on the pruned prefix's inputs" if req.sequential else "from the dense model's statistics"
+    return "\n".join(["## Width pruning (no training)", "",
+                      f"- score: {req.score}; least-squares re-fit of down_proj / o_proj: "
+                      f"{'yes' if req.refit else 'no'} (ridge {req.ridge:g}), {how}",
+                      f"- calibration data: {n_tokens:,} tokens in {req.window}-token windows from {files}"])
 
 
 def _oneshot(ck: Checkpoint, stats: dict[str, list[InputStats]], req: PruneRequest, plan: WidthPlan, lay: Layout
