@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import shutil
 import sys
 import sysconfig
 from pathlib import Path
@@ -144,11 +145,6 @@ def write_humaneval_task(out: Path, limit: int | None = None) -> Path:
     return tasks
 
 
-if __name__ == "__main__":
-    for k, v in write_splits(Path(sys.argv[1] if len(sys.argv) > 1 else "data")).items():
-        print(f"{k:14s} {v} ({v.stat().st_size:,} bytes)")
-
-
 #: Python-docs topics the golf benchmarks hold out (held-out prose) or search on
 GOLF_HELD_TOPICS = ("assignment", "for", "if", "while", "with", "try", "class", "function", "import", "return")
 
@@ -161,3 +157,25 @@ def golf_corpus(data: Path, work: Path) -> list[Path]:
     docs = work / "pydoc_train.txt"
     docs.write_text("\n\n".join(v for k, v in sorted(topics.items()) if k not in GOLF_HELD_TOPICS))
     return [data / "train_kjv.txt", data / "train_code.txt", docs]
+
+
+def write_golf_corpus(out: Path, data: Path) -> Path:
+    """The golf corpus as one folder ``out`` (for ``darwin golf --trim-corpus out``); the splits are
+    written into ``data`` first if missing, so the held-out files stay out of ``out``."""
+    if not (data / "train_kjv.txt").exists():
+        write_splits(data)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in golf_corpus(data, out):
+        if f.parent.resolve() != out.resolve():
+            shutil.copyfile(f, out / f.name)
+    return out
+
+
+if __name__ == "__main__":
+    # data.py [DIR]: write the splits into DIR; data.py golf-corpus OUT [DATA]: the golf corpus folder
+    if sys.argv[1:2] == ["golf-corpus"]:
+        print(write_golf_corpus(Path(sys.argv[2]), Path(sys.argv[3] if len(sys.argv) > 3
+                                                        else ".cache/smollm2-bible-code/data")))
+    else:
+        for k, v in write_splits(Path(sys.argv[1] if len(sys.argv) > 1 else "data")).items():
+            print(f"{k:14s} {v} ({v.stat().st_size:,} bytes)")
