@@ -70,6 +70,7 @@ def _split(loc: tuple) -> tuple[str, str | None, str]:
 
 def _message(e: dict) -> str:
     msg = re.sub(r" or instance of \w+", "", e["msg"])
+    msg = re.sub(r"^(Value|Assertion) error, ", "", msg)  # our validators' own words, without pydantic's prefix
     return msg.replace("Input should be a valid dictionary", "should be a mapping (key: value)")
 
 

@@ -219,3 +219,14 @@ def test_width_golf_is_one_command_meets_the_budget_and_writes_a_contest_card(de
     assert not (tmp_path / "ctx").exists() and not (tmp_path / "ctx-trimmed-0").exists()
     p = subprocess.run([*base, "-o", tmp_path / "run"], capture_output=True, text=True)
     assert p.returncode == 2 and "exists" in p.stderr  # no silent overwrite
+
+
+def test_golf_refuses_the_other_methods_options_and_unknown_scores(demo, tmp_path):
+    from darwin.errors import RecipeError
+
+    for kw, match in ((dict(population=4), "population: option\\(s\\) of method depth"),
+                      (dict(method="depth", sequential=True), "sequential: option\\(s\\) of method width"),
+                      (dict(score="nope"), "score 'nope': one of"), (dict(method="breadth"), "method")):
+        with pytest.raises(RecipeError, match=match):
+            darwin.golf(demo["parent_a"], tmp_path / "g", max_params="45K", min_context=200, progress=False, **kw)
+    assert not (tmp_path / "g").exists()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from darwin.arch.config import context_length
 from darwin.diagnosis.probe import shipped_probe_dir
@@ -26,6 +26,7 @@ from darwin.io.checkpoint import Checkpoint
 from darwin.io.textfiles import collect_files
 from darwin.io.writer import atomic_output_dir, check_output_dir
 from darwin.io.yamlfile import absolute_if_local
+from darwin.plan.width import SCORES
 from darwin.search.config import Constraints, parse_count
 from darwin.search.constraints import constraint_card, verify_child
 from darwin.search.evolve import EvolveOptions, EvolveResult, evolve
@@ -70,6 +71,19 @@ class GolfRequest(BaseModel):
     score: str = "second_moment"
     sequential: bool = False
     tokens: int = Field(default=32768, ge=64)
+
+    @model_validator(mode="after")
+    def _method_options(self) -> GolfRequest:
+        """An option of the other method is an error (it would silently do nothing)."""
+        other = ({"population": 8, "generations": 6, "seed": 0, "fitness": None} if self.method == "width" else
+                 {"calibration": None, "score": "second_moment", "sequential": False, "tokens": 32768})
+        given = [k for k, default in other.items() if getattr(self, k) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: option(s) of method {'depth' if self.method == 'width' else 'width'}, "
+                             f"not of method {self.method}")
+        if self.score not in SCORES:
+            raise ValueError(f"score {self.score!r}: one of {', '.join(SCORES)}")
+        return self
 
     @field_validator("models")
     @classmethod
@@ -245,9 +259,10 @@ def width_golf(req: GolfRequest, out: Path, opts: EvolveOptions) -> WidthGolfRes
     The run folder is written atomically; with ``resume`` a trimmed parent of the run is reused.
 
     Raises:
-        RecipeError: two models, an unknown score, or a context shorter than ``min_context``;
-            OutputExistsError: ``out`` exists without
-            ``force`` / ``resume``; DarwinError: the child misses a constraint (nothing put in place).
+        RecipeError: two models, or a context shorter than ``min_context``.
+        OutputExistsError: ``out`` exists without ``force`` / ``resume``.
+        CompatibilityError: not a llama-family model (trimmed parents created by the run are removed).
+        DarwinError: the child misses a constraint (nothing is put in place).
     """
     if len(req.models) != 1:
         raise RecipeError(f"golf method width prunes one model, got {len(req.models)}; give one, or "
