@@ -32,22 +32,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "examples" / "smollm2-bible-code"))
+sys.path.insert(0, str(HERE))
 
 
-def heldout_bpb(folder: Path, data: Path) -> dict:
-    """Bits per byte on each held-out text, and the parameter count."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def heldout_bpb(folder: Path, data: Path, work: Path) -> dict:
+    """Bits per byte and nats per token on each held-out text (the out-of-corpus US Constitution
+    too when installed), the parameter count and the layers: the scoring of ``bench_width.py``."""
+    from bench_width import bpb, texts
 
-    from darwin.fitness.perplexity import BitsPerByteFitness
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
-    out = {"parameters": sum(p.numel() for p in model.parameters()), "layers": model.config.num_hidden_layers}
-    for name in ("kjv", "code", "prose"):
-        f = BitsPerByteFitness([data / f"heldout_{name}.txt"], max_tokens=2048, window=1024, batch_size=1)
-        out[name] = round(f.bits_per_byte(model, tok), 4)
-    return out
+    return {**bpb(folder, texts(data, work)), "layers": json.loads((folder / "config.json").read_text())
+            ["num_hidden_layers"]}
 
 
 def main() -> None:
@@ -120,10 +114,11 @@ def main() -> None:
             (f"darwin golf ({tag})", run.child_dir)]
     res = []
     for name, folder in rows:
-        res.append({"name": name, **heldout_bpb(Path(folder), data)})
+        res.append({"name": name, **heldout_bpb(Path(folder), data, args.work)})
     ref = res[0]
     for r in res[1:]:
-        r["vs_reference"] = {k: round(r[k] / ref[k] - 1, 4) for k in ("kjv", "code", "prose")}
+        r["vs_reference"] = {k: round(r[k] / ref[k] - 1, 4) for k in ("kjv", "code", "prose", "constitution")
+                             if k in ref}
     best_genes = run.best["genes"]
     summary = {"budget": budget, "search_seconds": round(search_s, 1),
                "evaluations": sum(len(h["candidates"]) for h in run.history), "best_fitness": run.best["fitness"],
