@@ -117,7 +117,8 @@ def prune(model: str | os.PathLike, out_dir: str | os.PathLike, *, calibration: 
 
     from darwin.search.prune import prune as run_prune
 
-    fields = {"model": str(model), "calibration": [str(c) for c in calibration], "ffn": ffn, "groups": groups,
+    _out_dir(out_dir, "prune")
+    fields = {"model": str(model), "calibration": _paths(calibration, "calibration") or [], "ffn": ffn, "groups": groups,
               "max_params": _count(max_params), "score": score,
               "refit": refit, "ridge": ridge, "tokens": tokens, "window": window, "multiple": multiple,
               "sequential": sequential, "device": device}
@@ -206,20 +207,39 @@ def golf(models: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str |
     from darwin.search.golf import GolfRequest
     from darwin.search.golf import golf as run_golf
 
-    def paths(x: Any) -> list[str] | None:  # one path or a list of them
-        return None if not x else [str(x)] if isinstance(x, (str, os.PathLike)) else [str(p) for p in x]
-
-    names = [models] if isinstance(models, (str, os.PathLike)) else list(models)
-    fields = {"models": [str(m) for m in names], "max_params": max_params, "min_context": min_context,
-              "text": paths(text), "fitness": fitness, "population": population,
+    _out_dir(out_dir, "golf")
+    fields = {"models": _paths(models, "models") or [], "max_params": max_params, "min_context": min_context,
+              "text": _paths(text, "text"), "fitness": fitness, "population": population,
               "generations": generations, "seed": seed, "device": device,
-              "trim_corpus": paths(trim_corpus), "method": method, "calibration": paths(calibration),
+              "trim_corpus": _paths(trim_corpus, "trim_corpus"), "method": method,
+              "calibration": _paths(calibration, "calibration"),
               "score": score, "sequential": sequential, "tokens": tokens}
     try:
         req = GolfRequest.model_validate(fields)
     except ValidationError as e:
         raise describe_validation_error("golf", "golf options", e) from None
     return run_golf(req, Path(out_dir), EvolveOptions(resume=resume, force=force, progress=progress))
+
+
+def _paths(x: Any, what: str) -> list[str] | None:
+    """One path or a sequence of them → a list of strings (None or empty: None).
+
+    Raises:
+        RecipeError: ``x`` is neither.
+    """
+    if x is None or (isinstance(x, (list, tuple)) and not x):
+        return None
+    if isinstance(x, (str, os.PathLike)):
+        return [str(x)]
+    if isinstance(x, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in x):
+        return [str(p) for p in x]
+    raise RecipeError(f"{what}: give a path or a list of paths, got {x!r}")
+
+
+def _out_dir(out_dir: Any, command: str) -> None:
+    """Refuse a missing or non-path output folder (named)."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise RecipeError(f"darwin {command}: out_dir: give the output folder (a path), got {out_dir!r}")
 
 
 def mri(model: str, out_dir: str | os.PathLike | None = None, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:

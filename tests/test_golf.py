@@ -230,3 +230,55 @@ def test_golf_refuses_the_other_methods_options_and_unknown_scores(demo, tmp_pat
         with pytest.raises(RecipeError, match=match):
             darwin.golf(demo["parent_a"], tmp_path / "g", max_params="45K", min_context=200, progress=False, **kw)
     assert not (tmp_path / "g").exists()
+
+
+def test_width_golf_never_replaces_its_inputs_or_a_folder_that_is_not_a_run(demo, tmp_path, monkeypatch):
+    import shutil
+
+    from darwin.errors import DarwinError, OutputExistsError, RecipeError
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "c.txt").write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 60))
+    model = tmp_path / "m1"
+    shutil.copytree(demo["parent_a"], model)
+    kw = dict(max_params=50_000, min_context=200, tokens=1024, progress=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("x")
+    monkeypatch.chdir(work)
+    for out, err, match in ((".", OutputExistsError, "current folder"), ("", OutputExistsError, "current folder|empty"),
+                            (model, RecipeError, "is the model"), (tmp_path, RecipeError, "contains the model"),
+                            (corpus, RecipeError, "is the text")):
+        with pytest.raises(err, match=match):
+            darwin.golf(str(model), out, trim_corpus=[corpus], force=True, **kw)
+    assert (work / "keep.txt").exists() and (model / "config.json").exists() and (corpus / "c.txt").exists()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "n.txt").write_text("mine")
+    for flags in (dict(force=True), dict(resume=True)):
+        with pytest.raises(OutputExistsError, match="no golf run|exists"):
+            darwin.golf(str(model), notes, trim_corpus=[corpus], **flags, **kw)
+    assert (notes / "n.txt").read_text() == "mine"
+    run = tmp_path / "run"
+    darwin.golf(str(model), run, trim_corpus=[corpus], **kw)
+    with pytest.raises(OutputExistsError, match="finished golf run"):
+        darwin.golf(str(model), run, trim_corpus=[corpus], resume=True, **kw)
+    shutil.rmtree(run)  # the trimmed parent stays: resuming must check it was made from the same inputs
+    with pytest.raises(OutputExistsError, match="was trimmed from"):
+        darwin.golf(demo["parent_b"], run, trim_corpus=[corpus], resume=True, **kw)
+    res = darwin.golf(str(model), run, trim_corpus=[corpus], resume=True, **kw)
+    assert res.constraints["parameters"] <= 50_000
+    # already under budget: copied unchanged; an explicit width over the budget is refused
+    big = darwin.prune(str(model), tmp_path / "same", calibration=str(corpus / "c.txt"), max_params=10**6,
+                       progress=False)
+    assert big.parameters_after == big.parameters_before and big.calibration_tokens == 0
+    for bad, match in ((dict(ffn=60, max_params=30_000), "over max_params"), (dict(ffn=8, ridge=float("inf")), "ridge"),
+                       (dict(ffn=8, calibration=None), "calibration"), (dict(ffn=8, calibration=[1]), "calibration")):
+        args = {"calibration": [corpus], **bad}
+        with pytest.raises(DarwinError, match=match):
+            darwin.prune(str(model), tmp_path / "p", progress=False, **args)
+    with pytest.raises(RecipeError, match="models"):
+        darwin.golf(None, tmp_path / "g", **kw)  # type: ignore[arg-type]
+    with pytest.raises(RecipeError, match="out_dir"):
+        darwin.golf(str(model), None, **kw)  # type: ignore[arg-type]

@@ -150,17 +150,31 @@ def test_a_budget_is_met_and_bad_options_are_refused(demo, calib, tmp_path):
 
 
 def test_sequential_keep_all_reproduces_and_cut_is_at_least_as_good_on_calibration(demo, calib, tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin.io.checkpoint import Checkpoint
+    from darwin.plan.width import WidthPlan
+    from darwin.search.prune import PruneRequest, calibration_windows, check_prunable, sequential_prune
 
     parent = AutoModelForCausalLM.from_pretrained(demo["parent_a"], dtype=torch.float32).eval()
     cfg = parent.config
-    darwin.prune(demo["parent_a"], tmp_path / "all", calibration=[calib], ffn=cfg.intermediate_size,
-                 ridge=0.0, tokens=1024, window=64, sequential=True, progress=False)
-    child = AutoModelForCausalLM.from_pretrained(tmp_path / "all", dtype=torch.float32).eval()
-    ids = torch.randint(0, cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(child(ids).logits, parent(ids).logits, atol=2e-3, rtol=1e-3)
     kv = cfg.num_key_value_heads
+    ck = Checkpoint(demo["parent_a"])
+    lay = check_prunable(dict(ck.config), ck)
+    req = PruneRequest(model=str(demo["parent_a"]), calibration=[str(calib)], ridge=0.0, tokens=1024, window=64)
+    windows = calibration_windows(AutoTokenizer.from_pretrained(demo["parent_a"]), [str(calib)], 1024, 64)
+    model = AutoModelForCausalLM.from_pretrained(demo["parent_a"], dtype=torch.float32).eval()
+    kept = sequential_prune(model, windows, req, WidthPlan(cfg.intermediate_size, kv), lay)  # the path, keeping all
+    for name, t in kept.items():
+        torch.testing.assert_close(t, ck.get(name).float(), atol=2e-4, rtol=1e-3)
+    r = darwin.prune(demo["parent_a"], tmp_path / "all", calibration=[calib], ffn=cfg.intermediate_size,
+                     tokens=1024, window=64, sequential=True, progress=False)
+    assert r.calibration_tokens == 0  # nothing to cut: the weights are copied unchanged, not re-fitted
+    from safetensors.torch import load_file
+
+    copied = load_file(str(tmp_path / "all" / "model.safetensors"))
+    assert all(torch.equal(copied[n], ck.get(n)) for n in copied)
+    assert "copied unchanged" in (tmp_path / "all" / "README.md").read_text()
     for seq in (False, True):
         darwin.prune(demo["parent_a"], tmp_path / f"cut{seq}", calibration=[calib], ffn=cfg.intermediate_size // 2,
                      groups=kv - 1, tokens=1024, window=64, sequential=seq, progress=False)

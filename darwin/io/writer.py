@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -47,9 +47,16 @@ def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Path
     """Resolve ``out_dir`` and refuse an existing one unless ``force`` (call before any work).
 
     Raises:
-        OutputExistsError: ``out_dir`` exists and ``force`` is false, is a file, or lies under a file.
+        OutputExistsError: ``out_dir`` exists and ``force`` is false, is a file, lies under a file,
+            is empty, or is the current folder or one above it (never replaced, even with ``force``).
     """
+    if not str(out_dir).strip():
+        raise OutputExistsError("the output folder is empty (''); name a folder to write")
     out = Path(out_dir).expanduser().resolve()
+    here = Path.cwd().resolve()
+    if out == here or out in here.parents:
+        raise OutputExistsError(f"{out_dir}: the output folder is the current folder or one above it; replacing it "
+                                "would delete the folder you work in; name a new folder")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: is a file, not a folder; choose another output path")
     if out.exists() and not force:
@@ -62,7 +69,7 @@ def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False) -> Path
     return out
 
 
-def refuse_input_overlap(out_dir: str | os.PathLike, inputs: dict[str, str | os.PathLike]) -> None:
+def refuse_input_overlap(out_dir: str | os.PathLike, inputs: Mapping[str, str | os.PathLike]) -> None:
     """Refuse an output folder that is, or contains, one of the inputs (replacing it would destroy them).
 
     Args:

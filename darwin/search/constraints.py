@@ -79,7 +79,13 @@ def verify_child(folder: Path, constraints, text: str) -> dict[str, Any]:
         rep.update(window_tokens=L, window_perplexity=math.exp(loss) if math.isfinite(loss) else None)
         rep["context_ok"] = (ctx is None or ctx >= L) and math.isfinite(loss)
     if not (rep["params_ok"] and rep["context_ok"]):
-        raise DarwinError(f"the child violates the constraints: {rep}")
+        why = [f"{n:,} parameters > max_params {constraints.max_params:,}"] if not rep["params_ok"] else []
+        if not rep["context_ok"]:
+            ppl = rep.get("window_perplexity")
+            why.append(f"context {ctx} < min_context {constraints.min_context}" if ctx is not None and
+                       ctx < (constraints.min_context or 0) else
+                       f"a {rep.get('window_tokens')}-token window scores perplexity {ppl} (not finite)")
+        raise DarwinError(f"the child violates the constraints: {'; '.join(why)}")
     return rep
 
 

@@ -24,13 +24,13 @@ from darwin.errors import OutputExistsError, RecipeError
 from darwin.io.card import shown
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.textfiles import collect_files
-from darwin.io.writer import atomic_output_dir, check_output_dir
+from darwin.io.writer import atomic_output_dir, check_output_dir, refuse_input_overlap
 from darwin.io.yamlfile import absolute_if_local
 from darwin.plan.width import SCORES
 from darwin.search.config import Constraints, parse_count
 from darwin.search.constraints import constraint_card, verify_child
 from darwin.search.evolve import EvolveOptions, EvolveResult, evolve
-from darwin.search.prune import PruneRequest, PruneResult, prune
+from darwin.search.prune import PruneRequest, PruneResult, check_prunable, prune
 
 
 class GolfRequest(BaseModel):
@@ -97,7 +97,7 @@ class GolfRequest(BaseModel):
     @field_validator("min_context", "population", "generations")
     @classmethod
     def _positive(cls, v: int, info: Any) -> int:
-        least = {"min_context": 1, "population": 2, "generations": 1}[info.field_name]
+        least = {"min_context": 2, "population": 2, "generations": 1}[info.field_name]  # a window scores ≥ 2 tokens
         if v < least:
             raise ValueError(f"{info.field_name} must be >= {least}, got {v}")
         return v
@@ -167,6 +167,7 @@ def trimmed_parents(req: GolfRequest, out: Path, *, resume: bool, force: bool) -
         for i, m in enumerate(req.models):
             dest = out.parent / f"{out.name}-trimmed-{i}"
             if resume and (dest / "lineage.json").exists():  # the trimmed parent of the run being resumed
+                _same_trim(dest, m, req.trim_corpus)
                 done.parents.append(str(dest.resolve()))
                 continue
             if dest.exists() and not (dest / "lineage.json").exists():
@@ -181,6 +182,24 @@ def trimmed_parents(req: GolfRequest, out: Path, *, resume: bool, force: bool) -
         done.undo()
         raise
     return done
+
+
+def _same_trim(dest: Path, model: str, corpus: list[str]) -> None:
+    """Refuse to resume with a trimmed parent made from another model or corpus.
+
+    Raises:
+        OutputExistsError: ``dest``'s ``lineage.json`` names other inputs.
+    """
+    def ref(x: str) -> str:
+        p = Path(x).expanduser()
+        return str(p.resolve()) if p.exists() else x
+
+    lin = json.loads((dest / "lineage.json").read_text())
+    was = ([ref(str(p.get("model", ""))) for p in lin.get("parents", [])][:1], sorted(ref(c) for c in lin.get("corpus", [])))
+    now = ([ref(model)], sorted(ref(c) for c in corpus))
+    if was != now:
+        raise OutputExistsError(f"{dest}: was trimmed from {was[0][0] if was[0] else '?'} with corpus {was[1]}; this run "
+                                f"asks for {now[0][0]} with {now[1]}; --force redoes the run")
 
 
 def remove_folders(folders: list[Path]) -> None:
@@ -264,23 +283,14 @@ def width_golf(req: GolfRequest, out: Path, opts: EvolveOptions) -> WidthGolfRes
         CompatibilityError: not a llama-family model (trimmed parents created by the run are removed).
         DarwinError: the child misses a constraint (nothing is put in place).
     """
-    if len(req.models) != 1:
-        raise RecipeError(f"golf method width prunes one model, got {len(req.models)}; give one, or "
-                          "method depth (--method depth) to breed two")
-    check_output_dir(out, force=opts.force or opts.resume)
     start = time.perf_counter()
-    first = Checkpoint(req.models[0])
-    original, ctx = first.num_parameters, context_length(dict(first.require_config()))
-    first.close()
-    if ctx is not None and ctx < req.min_context:
-        raise RecipeError(f"min_context = {req.min_context}, but {req.models[0]} has a context window of {ctx} "
-                          "(max_position_embeddings); pruning cannot lengthen it")
+    calibration = req.calibration or req.trim_corpus or req.text or [str(shipped_probe_dir())]
+    original = _check_width_run(req, out, opts, calibration)
     trimmed = (trimmed_parents(req, out, resume=opts.resume, force=opts.force) if req.trim_corpus
                else TrimmedParents(parents=[absolute_if_local(m) for m in req.models]))
     parent = trimmed.parents[0]
-    calibration = req.calibration or req.trim_corpus or req.text or [str(shipped_probe_dir())]
     preq = PruneRequest(model=parent, calibration=calibration, max_params=req.max_params, score=req.score,
-                        sequential=req.sequential, tokens=req.tokens, window=min(512, ctx or 512), device=req.device)
+                        sequential=req.sequential, tokens=req.tokens, device=req.device)
     limits = Constraints(max_params=req.max_params, min_context=req.min_context)
     text = "\n\n".join(p.read_text(errors="replace") for p in collect_files(calibration, "calibration"))
     report: dict[str, Any] = {}
@@ -304,6 +314,39 @@ def width_golf(req: GolfRequest, out: Path, opts: EvolveOptions) -> WidthGolfRes
     pruned.out_dir = out.resolve() / "child"
     return WidthGolfResult(out.resolve(), out.resolve() / "child", pruned, report, parent, original,
                            time.perf_counter() - start)
+
+
+def _check_width_run(req: GolfRequest, out: Path, opts: EvolveOptions, calibration: list[str]) -> int:
+    """Everything a width run can refuse before any work; returns the model's parameters.
+
+    ``--force`` replaces only a golf run folder; ``--resume`` reuses a trimmed parent, never a
+    finished run; no output may hold or be an input; the model must have a llama-family layout and
+    a context of at least ``min_context``.
+    """
+    if len(req.models) != 1:
+        raise RecipeError(f"golf method width prunes one model, got {len(req.models)}; give one, or "
+                          "method depth (--method depth) to breed two")
+    inputs = {"the model": req.models[0], **{f"the text {c}": c for c in [*(req.trim_corpus or []), *calibration]}}
+    for folder in (out, out.parent / f"{out.name}-trimmed-0"):
+        refuse_input_overlap(folder, inputs)
+    if out.is_dir() and (out / "golf.json").exists() and not opts.force:
+        raise OutputExistsError(f"{out}: holds a finished golf run; --force redoes it (--resume only reuses "
+                                "the trimmed parent of a run that stopped before writing it)")
+    check_output_dir(out, force=opts.force)
+    if opts.force and out.is_dir() and any(out.iterdir()) and not (out / "golf.json").exists():
+        raise OutputExistsError(f"{out}: exists and holds no golf run (no golf.json); --force replaces only a run "
+                                "folder; move it away or choose another")
+    first = Checkpoint(req.models[0])
+    try:
+        config = dict(first.require_config())
+        check_prunable(config, first)
+        original, ctx = first.num_parameters, context_length(config)
+    finally:
+        first.close()
+    if ctx is not None and ctx < req.min_context:
+        raise RecipeError(f"min_context = {req.min_context}, but {req.models[0]} has a context window of {ctx} "
+                          "(max_position_embeddings); pruning cannot lengthen it")
+    return original
 
 
 def lineage_card(req: GolfRequest, parent: str, original: int) -> str:

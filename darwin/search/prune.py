@@ -23,11 +23,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from darwin.arch.config import context_length
 from darwin.diagnosis.calibrate import collect_stats
 from darwin.errors import CompatibilityError, RecipeError
 from darwin.io.card import write_model_card
 from darwin.io.checkpoint import Checkpoint
 from darwin.io.extras import copy_generation_config, copy_tokenizer_files, require_tokenizer
+from darwin.io.textfiles import collect_files
 from darwin.io.writer import ShardedWriter, atomic_output_dir, check_output_dir, refuse_input_overlap
 from darwin.plan.width import (
     SCORES,
@@ -71,7 +73,7 @@ class PruneRequest(BaseModel):
     max_params: Optional[int] = Field(default=None, ge=1)
     score: str = "second_moment"
     refit: bool = True
-    ridge: float = Field(default=1e-2, ge=0)
+    ridge: float = Field(default=1e-2, ge=0, allow_inf_nan=False)
     tokens: int = Field(default=32768, ge=64)
     window: int = Field(default=512, ge=8)
     multiple: int = Field(default=1, ge=1)
@@ -100,8 +102,8 @@ class Layout:
     groups: int
 
 
-def _arch(config: dict[str, Any], ck: Checkpoint) -> Layout:
-    """The layout of a llama-family checkpoint.
+def check_prunable(config: dict[str, Any], ck: Checkpoint) -> Layout:
+    """The layout of a llama-family checkpoint (what width pruning needs).
 
     Raises:
         CompatibilityError: a config or tensor layout this operator does not handle.
@@ -130,12 +132,7 @@ def calibration_windows(tok: Any, files: list[str], tokens: int, window: int) ->
     Raises:
         RecipeError: a missing or unreadable file, or too little text for one window.
     """
-    paths: list[Path] = []
-    for f in files:
-        p = Path(f).expanduser()
-        if not p.exists():
-            raise RecipeError(f"{p}: no such calibration file or folder")
-        paths.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+    paths = collect_files(files, "calibration")
     per_file: list[list[torch.Tensor]] = []
     for p in paths:
         try:
@@ -150,7 +147,8 @@ def calibration_windows(tok: Any, files: list[str], tokens: int, window: int) ->
             if chunks and len(out) < want:
                 out.append(chunks.pop(0))
     if not out:
-        raise RecipeError(f"calibration text {files}: fewer than {window} tokens; give more text or a smaller window")
+        raise RecipeError(f"calibration text {files}: fewer than {window} tokens (one calibration window); give more "
+                          "text")
     return out
 
 
@@ -172,7 +170,11 @@ def _width_plan(req: PruneRequest, config: dict[str, Any], lay: Layout) -> Width
         raise RecipeError(f"max_params {req.max_params}: no FFN width fits (with {groups} groups per layer)")
     if ffn > config["intermediate_size"]:
         raise RecipeError(f"ffn {ffn}: the model has {config['intermediate_size']} neurons per layer")
-    return WidthPlan(ffn, groups)
+    plan = WidthPlan(ffn, groups)
+    if req.max_params is not None and (n := llama_like_params(config, plan)) > req.max_params:
+        raise RecipeError(f"ffn {ffn} with {groups} groups gives {n:,} parameters, over max_params {req.max_params:,}; "
+                          "drop ffn to get the widest that fits")
+    return plan
 
 
 def _windows(req: PruneRequest, ck: Checkpoint) -> list[torch.Tensor]:
@@ -227,11 +229,14 @@ def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False,
     """
     check_output_dir(out_dir, force=force)
     ck = Checkpoint(req.model)
-    refuse_input_overlap(out_dir, {"the model being pruned": ck.path})
+    refuse_input_overlap(out_dir, {"the model being pruned": ck.path,
+                                   **{f"the calibration text {c}": c for c in req.calibration}})
     config = dict(ck.require_config())
-    lay = _arch(config, ck)
+    lay = check_prunable(config, ck)
     plan = _width_plan(req, config, lay)
-    tensors, n_tokens = _pruned_tensors(req, ck, plan, lay, progress)
+    req = req.model_copy(update={"window": min(req.window, context_length(config) or req.window)})
+    uncut = plan.ffn == config["intermediate_size"] and plan.groups == lay.groups
+    tensors, n_tokens = ({}, 0) if uncut else _pruned_tensors(req, ck, plan, lay, progress)
     before, after = ck.num_parameters, llama_like_params(config, plan)
     new_cfg = {**config, "intermediate_size": plan.ffn, "num_attention_heads": plan.groups * lay.q_per_group,
                "num_key_value_heads": plan.groups, "head_dim": lay.head_dim}
@@ -257,6 +262,9 @@ def prune(req: PruneRequest, out_dir: str | os.PathLike, *, force: bool = False,
 
 def _calibration_card(req: PruneRequest, n_tokens: int) -> str:
     """Model-card section: how the widths were chosen and what text calibrated them."""
+    if not n_tokens:
+        return ("## Width pruning (no training)\n\n- nothing to cut: the model already has these widths (it fits "
+                "the budget), so its weights are copied unchanged")
     files = ", ".join(f"`{Path(c).name}`" for c in req.calibration)
     how = "layer by layer on the pruned prefix's inputs" if req.sequential else "from the dense model's statistics"
     return "\n".join(["## Width pruning (no training)", "",
