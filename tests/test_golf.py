@@ -218,7 +218,7 @@ def test_width_golf_is_one_command_meets_the_budget_and_writes_a_contest_card(de
     assert p.returncode == 2 and "context window of 256" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "ctx").exists() and not (tmp_path / "ctx-trimmed-0").exists()
     p = subprocess.run([*base, "-o", tmp_path / "run"], capture_output=True, text=True)
-    assert p.returncode == 2 and "exists" in p.stderr  # no silent overwrite
+    assert p.returncode == 2 and "finished golf run" in p.stderr  # no silent overwrite
 
 
 def test_golf_refuses_the_other_methods_options_and_unknown_scores(demo, tmp_path):
