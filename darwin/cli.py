@@ -267,8 +267,8 @@ def prune(
     score: str = typer.Option("second_moment", "--score", help="second_moment, flap, leverage, obs or magnitude."),
     refit: bool = typer.Option(True, "--refit/--no-refit", help="Least-squares re-fit of down_proj and o_proj."),
     tokens: int = typer.Option(32768, "--tokens", help="Calibration tokens."),
-    sequential: bool = typer.Option(False, "--sequential", help="Prune layer by layer, each re-fit on the pruned "
-                                    "prefix's inputs towards the dense outputs."),
+    sequential: bool = typer.Option(False, "--sequential", help="Prune layer by layer, each layer scored and "
+                                    "re-fitted on the inputs the pruned layers before it produce."),
     device: str = typer.Option("auto", help="Device of the calibration passes."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:

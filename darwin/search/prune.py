@@ -41,7 +41,6 @@ from darwin.plan.width import (
     neuron_scores,
     prune_attention,
     prune_ffn,
-    solve_refit,
     widest_ffn,
 )
 
@@ -60,8 +59,8 @@ class PruneRequest(BaseModel):
         ridge: the re-fit's ridge, a fraction of the Gram's mean diagonal.
         tokens, window: calibration tokens in all, and per forward window.
         multiple: round the FFN width down to a multiple of this.
-        sequential: prune layer by layer, each re-fit on the inputs the already pruned layers
-            produce, towards the dense model's outputs (:func:`sequential_prune`).
+        sequential: prune layer by layer, each layer scored and re-fitted on the inputs the
+            already pruned layers produce (:func:`sequential_prune`).
         device: where the calibration forward passes run.
     """
 
@@ -319,11 +318,6 @@ def _chunks(fn, x: torch.Tensor, size: int = 8) -> torch.Tensor:
     return torch.cat([fn(x[i:i + size]) for i in range(0, x.shape[0], size)])
 
 
-def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Σ aᵀb`` over every token, float64: ``[Da, Db]``."""
-    return (a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])).double()
-
-
 def _linear(weight: torch.Tensor) -> torch.nn.Linear:
     lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     lin.weight.data = weight.contiguous().float()
@@ -335,78 +329,66 @@ def sequential_prune(model: Any, windows: list[torch.Tensor], req: PruneRequest,
                      ) -> dict[str, torch.Tensor]:
     """Prune ``model`` (a loaded llama-family causal LM, float32) layer by layer, in place.
 
-    Each layer sees two streams over the calibration tokens: the dense model's hidden states and
-    the pruned prefix's. Neurons (and groups) are scored on the pruned stream, and ``down_proj``
-    (``o_proj``) is re-fitted so that the pruned layer's output on the pruned stream matches the
-    dense layer's output on the dense stream: ``W′ = C[:, K] (G[K, K] + λI)⁻¹`` with ``C`` the cross
-    Gram of dense targets and pruned inputs (``Σ t hᵀ``) and ``G`` the pruned inputs' Gram. So the
-    re-fit also corrects the error the earlier layers left (the sequential re-fit of the golf
-    reference sheet; the same normal equations as :func:`darwin.plan.width.refit`).
+    The calibration tokens flow through the already pruned layers; each layer's ``down_proj``
+    (``o_proj``) inputs are collected on that stream, neurons (groups) scored on them, and the
+    projection re-fitted by :func:`darwin.plan.width.refit` to reproduce the layer's own dense
+    weights on those inputs: ``min ‖W X̃ − W′ X̃_K‖²`` with ``X̃`` the pruned prefix's activations.
+    This is the sequential rule of SparseGPT (Frantar & Alistarh, arXiv 2301.00774) and OBC: each
+    layer is fitted on the inputs it will see. (Fitting towards the dense model's outputs instead
+    was measured worse on SmolLM2, even on the calibration text: RESULTS.md §(j).)
 
     Returns:
         the new projection tensors by stored name.
     """
     inner = model.model
     ids = torch.cat(windows).to(next(model.parameters()).device)
-    x_dense = inner.embed_tokens(ids)
+    x = inner.embed_tokens(ids)
     pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-    x_pruned = x_dense.clone()
     out: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(inner.layers):
-        pe = inner.rotary_emb(x_dense[:1], pos)
+        pe = inner.rotary_emb(x[:1], pos)
 
         def attn(h: torch.Tensor, lyr=layer, pe=pe) -> torch.Tensor:
             pe_b = tuple(t.expand(h.shape[0], *t.shape[1:]) for t in pe)
             return lyr.self_attn(hidden_states=lyr.input_layernorm(h), position_embeddings=pe_b,
                                  attention_mask=None)[0]
         p = f"model.layers.{i}"
-        r_dense = x_dense + _chunks(attn, x_dense)
         if plan.groups < lay.groups:
-            out.update(_sequential_attention(layer, p, (x_dense, x_pruned), attn, (req, plan), lay))
-        r_pruned = x_pruned + _chunks(attn, x_pruned)
+            out.update(_sequential_attention(layer, p, x, attn, (req, plan), lay))
+        r = x + _chunks(attn, x)
         mlp = layer.mlp
-        n_dense, n_pruned = layer.post_attention_layernorm(r_dense), layer.post_attention_layernorm(r_pruned)
-        h_dense = mlp.act_fn(mlp.gate_proj(n_dense)) * mlp.up_proj(n_dense)
-        h_pruned = mlp.act_fn(mlp.gate_proj(n_pruned)) * mlp.up_proj(n_pruned)
-        target = mlp.down_proj(h_dense)
-        st = InputStats.of(h_pruned)
+        n = layer.post_attention_layernorm(r)
+        h = mlp.act_fn(mlp.gate_proj(n)) * mlp.up_proj(n)
+        st = InputStats.of(h)
         keep = keep_top(neuron_scores(req.score, st, mlp.down_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
                                       req.ridge), plan.ffn)
-        w_down = (solve_refit(_cross(target, h_pruned), st, keep, req.ridge).float() if req.refit
-                  else mlp.down_proj.weight[:, keep])
-        mlp.gate_proj, mlp.up_proj = _linear(mlp.gate_proj.weight[keep]), _linear(mlp.up_proj.weight[keep])
-        mlp.down_proj = _linear(w_down)
-        x_dense = r_dense + target
-        x_pruned = r_pruned + mlp.down_proj(h_pruned[..., keep])
-        for n in ("gate", "up", "down"):
-            out[f"{p}.mlp.{n}_proj.weight"] = getattr(mlp, f"{n}_proj").weight.detach().clone()
+        g, u, d = prune_ffn(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, keep, st,
+                            refit_down=req.refit, ridge=req.ridge)
+        mlp.gate_proj, mlp.up_proj, mlp.down_proj = _linear(g), _linear(u), _linear(d)
+        x = r + mlp.down_proj(h[..., keep])
+        for name in ("gate", "up", "down"):
+            out[f"{p}.mlp.{name}_proj.weight"] = getattr(mlp, f"{name}_proj").weight.detach().clone()
     return out
 
 
-def _sequential_attention(layer: Any, p: str, streams: tuple[torch.Tensor, torch.Tensor], attn,
-                          job: tuple[PruneRequest, WidthPlan], lay: Layout) -> dict[str, torch.Tensor]:
-    """Cut layer ``p``'s attention to ``plan.groups`` groups in place, ``o_proj`` re-fitted so its
-    output on the pruned stream matches the dense attention output on the dense stream."""
-    sa, (x_dense, x_pruned), (req, plan) = layer.self_attn, streams, job
+def _sequential_attention(layer: Any, p: str, x: torch.Tensor, attn, job: tuple[PruneRequest, WidthPlan],
+                          lay: Layout) -> dict[str, torch.Tensor]:
+    """Cut layer ``p``'s attention to ``plan.groups`` groups in place, scored and ``o_proj``
+    re-fitted on the heads' outputs over the pruned stream ``x``."""
+    sa, (req, plan) = layer.self_attn, job
     if any(getattr(sa, f"{n}_proj").bias is not None for n in "qkvo"):
         raise CompatibilityError(f"{p}: sequential attention pruning handles attention without biases; "
                                  "use the one-shot re-fit (no --sequential)")
     seen: list[torch.Tensor] = []
     hook = sa.o_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach()))
     try:
-        target = _chunks(attn, x_dense)
-        seen.clear()
-        _chunks(attn, x_pruned)
-        z_pruned = torch.cat(seen)
+        _chunks(attn, x)
     finally:
         hook.remove()
-    st = InputStats.of(z_pruned)
+    st = InputStats.of(torch.cat(seen))
     kept = keep_top(group_scores(st, sa.o_proj.weight, lay.groups, lay.q_per_group, lay.head_dim), plan.groups)
-    q, k, v, o = prune_attention(sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight, sa.o_proj.weight, kept, None,
-                                 q_per_group=lay.q_per_group, head_dim=lay.head_dim, refit_o=False)
-    if req.refit:
-        cols = torch.cat([torch.arange(int(g) * lay.q_per_group * lay.head_dim,
-                                       (int(g) + 1) * lay.q_per_group * lay.head_dim) for g in kept])
-        o = solve_refit(_cross(target, z_pruned), st, cols, req.ridge).float()
+    q, k, v, o = prune_attention(sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight, sa.o_proj.weight, kept, st,
+                                 q_per_group=lay.q_per_group, head_dim=lay.head_dim, refit_o=req.refit,
+                                 ridge=req.ridge)
     sa.q_proj, sa.k_proj, sa.v_proj, sa.o_proj = (_linear(w) for w in (q, k, v, o))
     return {f"{p}.self_attn.{n}_proj.weight": getattr(sa, f"{n}_proj").weight.detach().clone() for n in "qkvo"}
