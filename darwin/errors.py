@@ -117,5 +117,6 @@ def describe_validation_error(where: str, what: str, err) -> RecipeError:
             elif "[key]" in [str(p) for p in e["loc"]]:
                 lines.append(f"{full or what}: key {e['loc'][-2]!r}: {_message(e)}")
             else:
-                lines.append(f"{full or what}: {_message(e)}")
+                msg = _message(e)
+                lines.append(msg if full and msg.startswith(f"{full}: ") else f"{full or what}: {msg}")
     return RecipeError(f"{where}: invalid {what}: " + "; ".join(list(dict.fromkeys(lines))[:5]))

@@ -164,7 +164,7 @@ def _width_plan(req: PruneRequest, config: dict[str, Any], lay: Layout) -> Width
         raise RecipeError(f"groups {groups}: the model has {lay.groups} key/value groups per layer")
     ffn = req.ffn or (widest_ffn(config, groups, req.max_params, multiple=req.multiple) if req.max_params else None)
     if ffn is None:
-        raise RecipeError("give ffn (kept neurons per layer) or max_params (a budget to fill)")
+        raise RecipeError("give ffn (--ffn: kept neurons per layer) or max_params (--max-params: a budget to fill)")
     if ffn < 1:
         raise RecipeError(f"max_params {req.max_params}: no FFN width fits (with {groups} groups per layer)")
     if ffn > config["intermediate_size"]:
